@@ -1,0 +1,2 @@
+//! The streaming flow: lands in its own change.
+fn main() {}

@@ -1,0 +1,192 @@
+//! One `SdkConfig` for the whole run (profile, region, endpoint), and the clients built from it.
+
+use crate::error::{Error, Result};
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_cloudformation as cfn;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Where to reach AWS. Empty fields fall back to the SDK's own chain (env, profile, IMDS);
+/// `AWS_ENDPOINT_URL` works through aws-config even without `--endpoint-url`.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// SDK retry attempts (an emulator answers unimplemented calls with retriable 500s).
+    pub max_attempts: Option<u32>,
+}
+
+/// Counts every AWS API call by `Service.Operation` (reported with `-v` and in `--json`),
+/// so "a no-op deploy makes no mutating call" is something a test can check.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl CallCounter {
+    pub fn snapshot(&self) -> BTreeMap<String, u32> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Calls that may change something (everything but Describe/Get/List reads).
+    pub fn mutating(&self) -> BTreeMap<String, u32> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(op, _)| !is_read_only(op))
+            .collect()
+    }
+}
+
+fn is_read_only(op: &str) -> bool {
+    let name = op.rsplit('.').next().unwrap_or(op);
+    [
+        "Describe",
+        "Get",
+        "List",
+        "BatchGet",
+        "BatchCheck",
+        "Validate",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(m) = cfg.load::<Metadata>()
+            && let Ok(mut map) = self.0.lock()
+        {
+            *map.entry(format!("{}.{}", m.service(), m.name()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct Clients {
+    pub calls: CallCounter,
+    pub region: String,
+    pub cfn: cfn::Client,
+    pub ecr: aws_sdk_ecr::Client,
+    pub ecs: aws_sdk_ecs::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub sts: aws_sdk_sts::Client,
+}
+
+impl Clients {
+    pub async fn new(target: &Target) -> Result<Self> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(p) = &target.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &target.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(url) = &target.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(n) = target.max_attempts {
+            loader = loader
+                .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(n));
+        }
+        let sdk = loader.load().await;
+        let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+            Error::bad_input("no AWS region configured")
+                .with_help("set `region:` in deployer.yaml, pass --region, or export AWS_REGION")
+        })?;
+        let calls = CallCounter::default();
+        let c = calls.clone();
+        Ok(Self {
+            region,
+            cfn: cfn::Client::from_conf(
+                cfn::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            ecr: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            ecs: aws_sdk_ecs::Client::from_conf(
+                aws_sdk_ecs::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            ssm: aws_sdk_ssm::Client::from_conf(
+                aws_sdk_ssm::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            sts: aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(&sdk)
+                    .interceptor(c)
+                    .build(),
+            ),
+            calls,
+        })
+    }
+}
+
+/// Who we are deploying as (STS GetCallerIdentity).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Identity {
+    pub account: String,
+    pub arn: String,
+}
+
+pub async fn identity(sts: &aws_sdk_sts::Client) -> Result<Identity> {
+    let out = sts.get_caller_identity().send().await.map_err(|e| {
+        Error::failure(format!("cannot verify AWS credentials (sts:GetCallerIdentity): {}", describe(&e)))
+            .with_help("configure credentials: AWS_PROFILE / --profile, OIDC in GitHub Actions, or AWS_ACCESS_KEY_ID")
+    })?;
+    Ok(Identity {
+        account: out.account().unwrap_or_default().to_string(),
+        arn: out.arn().unwrap_or_default().to_string(),
+    })
+}
+
+/// A readable one-line description of an SDK error: code and message when the service sent them.
+pub fn describe<E, R>(err: &aws_sdk_cloudformation::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_cloudformation::error::SdkError;
+    match err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            match (e.code(), e.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => aws_sdk_cloudformation::error::DisplayErrorContext(err).to_string(),
+            }
+        }
+        _ => aws_sdk_cloudformation::error::DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// The error's service message, if any (for matching well-known CloudFormation messages).
+pub fn message<E, R>(err: &aws_sdk_cloudformation::error::SdkError<E, R>) -> Option<String>
+where
+    E: aws_sdk_cloudformation::error::ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(|e| e.message())
+        .map(str::to_string)
+}

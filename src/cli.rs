@@ -1,0 +1,150 @@
+//! Commands and flags (clap derive). No logic here.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deployer",
+    version,
+    about = "Run real-time data pipelines as always-on ECS Fargate services",
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad input (or `plan --exit-code`: changes), \
+                  3 timeout, 4 rolled back, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "DEPLOYER_CONFIG",
+        default_value = "deployer.yaml"
+    )]
+    pub config: PathBuf,
+    /// AWS profile (shared config/credentials files).
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// AWS region (overrides `region:` in the config).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Send every AWS API call here (e.g. a local emulator). AWS_ENDPOINT_URL also works.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+    /// Print one JSON result object on stdout; progress stays on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Deadline for each stack operation and rollout wait, in seconds.
+    #[arg(long, global = true, default_value_t = 1800)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter deployer.yaml for the bundled flow.
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what `up` would create or change, per stack.
+    Plan {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Exit 0 when nothing would change, 2 when something would (for CI).
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Deploy everything: registry, network, cluster, secrets, services.
+    Up {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Write the deployment summary and task-definition.json artifacts here.
+        #[arg(long, default_value = ".deployer")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        image: ImageFlags,
+    },
+    /// Build each service's image (and push it with --push).
+    Build {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Push to the registry after building.
+        #[arg(long)]
+        push: bool,
+        #[command(flatten)]
+        image: ImageFlags,
+    },
+    /// Delete everything `up` created, in order.
+    Destroy {
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Stacks, services, task definition revisions and images.
+    Status {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct Overrides {
+    /// Override a config value: KEY.PATH=VALUE (e.g. services.web.cpu=512; `*` = every service).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Task cpu units for every service (same as --set services.*.cpu=N).
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Task memory (MiB) for every service (same as --set services.*.memory=N).
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Deploy this prebuilt image URI to every service (no Docker needed).
+    #[arg(long, value_name = "URI")]
+    pub image: Option<String>,
+}
+
+impl Overrides {
+    /// All overrides as `--set` expressions, in the order they apply.
+    pub fn as_set(&self) -> Vec<String> {
+        let mut out = self.set.clone();
+        if let Some(cpu) = self.cpu {
+            out.push(format!("services.*.cpu={cpu}"));
+        }
+        if let Some(memory) = self.memory {
+            out.push(format!("services.*.memory={memory}"));
+        }
+        if let Some(image) = &self.image {
+            // A prebuilt image replaces the build section.
+            out.push(format!(
+                "services.*.image={}",
+                serde_json::Value::String(image.clone())
+            ));
+            out.push("services.*.build=null".into());
+        }
+        out
+    }
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ImageFlags {
+    /// Push to this registry (HOST:PORT) instead of ECR's endpoint (e.g. a local registry).
+    #[arg(long, env = "DEPLOYER_REGISTRY", value_name = "HOST:PORT")]
+    pub registry: Option<String>,
+    /// Refuse to build from a work tree with uncommitted changes (for CI).
+    #[arg(long)]
+    pub require_clean: bool,
+}

@@ -1,0 +1,731 @@
+//! `deployer.yaml` -> validated, typed settings. The only place YAML is read.
+//!
+//! Loading is three steps: parse the file into a YAML tree, apply `--set` overrides to the
+//! tree (so overrides are validated exactly like the file), then deserialise with unknown
+//! keys rejected and validate values. Every failure is `ExitCode::BadInput` with the file,
+//! the key path, what is wrong and what is allowed.
+
+use crate::error::{Error, Result};
+use crate::image::BuildSpec;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_FILE: &str = "deployer.yaml";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names stacks (`<project>-network`, ...), the ECR repository, log groups and SSM paths.
+    pub project: String,
+    /// AWS region; falls back to `--region`, AWS_REGION or the profile.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub registry: Registry,
+    /// Where flows write data; scopes the task role's S3 permissions.
+    #[serde(default)]
+    pub data_lake: Option<DataLake>,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Use an existing VPC instead of creating one.
+    #[serde(default)]
+    pub existing: Option<ExistingNetwork>,
+    #[serde(default = "default_vpc_cidr")]
+    pub vpc_cidr: String,
+    /// Two public subnets in two availability zones.
+    #[serde(default = "default_subnet_cidrs")]
+    pub subnet_cidrs: Vec<String>,
+    /// Tasks in public subnets need a public IP to reach ECR and the internet (no NAT gateway).
+    #[serde(default = "yes")]
+    pub assign_public_ip: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            existing: None,
+            vpc_cidr: default_vpc_cidr(),
+            subnet_cidrs: default_subnet_cidrs(),
+            assign_public_ip: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExistingNetwork {
+    pub vpc_id: String,
+    pub subnet_ids: Vec<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    #[serde(default = "yes")]
+    pub container_insights: bool,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            container_insights: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Lifecycle policy: images kept in the repository.
+    #[serde(default = "default_keep_images")]
+    pub keep_images: u32,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            keep_images: default_keep_images(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataLake {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// A prebuilt image URI (`repo@sha256:...` preferred). Exclusive with `build`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Build the image from a Dockerfile.
+    #[serde(default)]
+    pub build: Option<BuildSpec>,
+    #[serde(default = "default_cpu")]
+    pub cpu: u32,
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+    #[serde(default)]
+    pub architecture: Architecture,
+    #[serde(default = "one")]
+    pub desired_count: u32,
+    #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// Names of secrets: values come from the deployer's environment at deploy time and are
+    /// stored as SSM SecureString parameters `/<project>/<service>/<NAME>`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL (Fargate allows 2..=120).
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u32,
+    #[serde(default = "default_log_retention")]
+    pub log_retention_days: u32,
+    #[serde(default)]
+    pub deployment: Deployment,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    #[default]
+    X86_64,
+    Arm64,
+}
+
+impl Architecture {
+    /// ECS `runtimePlatform.cpuArchitecture`.
+    pub fn ecs_name(self) -> &'static str {
+        match self {
+            Self::X86_64 => "X86_64",
+            Self::Arm64 => "ARM64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Capacity {
+    #[default]
+    Fargate,
+    /// Up to 70 % cheaper; tasks can be interrupted with a two-minute warning.
+    FargateSpot,
+}
+
+impl Capacity {
+    pub fn provider(self) -> &'static str {
+        match self {
+            Self::Fargate => "FARGATE",
+            Self::FargateSpot => "FARGATE_SPOT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// 100 keeps the old task running until the new one is up: zero downtime.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy_percent: u32,
+    #[serde(default = "default_max_percent")]
+    pub max_percent: u32,
+    /// Deployment circuit breaker with automatic rollback.
+    #[serde(default = "yes")]
+    pub circuit_breaker: bool,
+    /// Seconds to wait for a rollout before giving up (exit code 3).
+    #[serde(default = "default_rollout_timeout")]
+    pub rollout_timeout: u64,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self {
+            min_healthy_percent: default_min_healthy(),
+            max_percent: default_max_percent(),
+            circuit_breaker: true,
+            rollout_timeout: default_rollout_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_vpc_cidr() -> String {
+    "10.0.0.0/16".into()
+}
+fn default_subnet_cidrs() -> Vec<String> {
+    vec!["10.0.0.0/24".into(), "10.0.1.0/24".into()]
+}
+fn default_keep_images() -> u32 {
+    30
+}
+fn default_cpu() -> u32 {
+    256
+}
+fn default_memory() -> u32 {
+    512
+}
+fn default_stop_timeout() -> u32 {
+    120
+}
+fn default_log_retention() -> u32 {
+    14
+}
+fn default_min_healthy() -> u32 {
+    100
+}
+fn default_max_percent() -> u32 {
+    200
+}
+fn default_rollout_timeout() -> u64 {
+    1800
+}
+
+/// CloudWatch Logs' allowed retention values (days).
+pub const LOG_RETENTION_DAYS: &[u32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// Valid Fargate memory values (MiB) for a task cpu value (units), or None for an invalid cpu.
+pub fn fargate_memory_values(cpu: u32) -> Option<Vec<u32>> {
+    let gib = |from: u32, to: u32, step: u32| (from..=to).step_by(step as usize).map(|g| g * 1024);
+    Some(match cpu {
+        256 => vec![512, 1024, 2048],
+        512 => gib(1, 4, 1).collect(),
+        1024 => gib(2, 8, 1).collect(),
+        2048 => gib(4, 16, 1).collect(),
+        4096 => gib(8, 30, 1).collect(),
+        8192 => gib(16, 60, 4).collect(),
+        16384 => gib(32, 120, 8).collect(),
+        _ => return None,
+    })
+}
+
+pub const FARGATE_CPU_VALUES: &[u32] = &[256, 512, 1024, 2048, 4096, 8192, 16384];
+
+/// A loaded configuration and where it came from (paths in it are relative to `dir`).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Read, override and validate a config file.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::bad_input(format!("cannot read config {}: {e}", path.display()))
+            .with_help("create one with `deployer init`, or pass --config PATH to an existing file")
+    })?;
+    let config = parse(&text, path, overrides)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Parse config text; `origin` names the file in messages.
+pub fn parse(text: &str, origin: &Path, overrides: &[String]) -> Result<Config> {
+    let file = origin.display();
+    let mut tree: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| Error::bad_input(format!("{file}: invalid YAML: {e}")))?;
+    for o in overrides {
+        apply_override(&mut tree, o).map_err(|e| Error::bad_input(format!("--set {o}: {e}")))?;
+    }
+    // serde_path_to_error names the key path (`services.web.cpu`) that serde alone loses.
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        Error::bad_input(format!("{file}: {at}{}", e.into_inner()))
+            .with_help("see README.md \"Configuration\" for every key and its allowed values")
+    })?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    let mut msg = format!("{file}: invalid configuration");
+    for p in &problems {
+        let _ = write!(msg, "\n  - {p}");
+    }
+    Err(Error::bad_input(msg))
+}
+
+/// Apply `a.b.c=value` to the YAML tree. `*` as a key under `services` means every service.
+/// The value is parsed as YAML, so `cpu=512` is a number and `command=[a, b]` a list.
+fn apply_override(tree: &mut Value, spec: &str) -> std::result::Result<(), String> {
+    let (path, raw) = spec.split_once('=').ok_or("expected KEY.PATH=VALUE")?;
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| format!("invalid value: {e}"))?;
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("invalid key path `{path}`"));
+    }
+    set_path(tree, &keys, &value)
+}
+
+fn set_path(node: &mut Value, keys: &[&str], value: &Value) -> std::result::Result<(), String> {
+    let Some((first, rest)) = keys.split_first() else {
+        *node = value.clone();
+        return Ok(());
+    };
+    if node.is_null() {
+        *node = Value::Mapping(Default::default());
+    }
+    let map = node
+        .as_mapping_mut()
+        .ok_or_else(|| format!("`{first}`: parent is not a mapping"))?;
+    if *first == "*" {
+        if map.is_empty() {
+            return Err("`*` matches no entries".into());
+        }
+        for (_, child) in map.iter_mut() {
+            set_path(child, rest, value)?;
+        }
+        return Ok(());
+    }
+    let child = map
+        .entry(Value::String((*first).to_string()))
+        .or_insert(Value::Null);
+    set_path(child, rest, value)
+}
+
+/// Semantic checks serde cannot express. Each entry names the key path.
+pub fn validate(c: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    if !valid_name(&c.project, 28) {
+        p.push(format!(
+            "project: `{}` is not a valid name; use 1-28 lowercase letters, digits and '-', starting with a letter",
+            c.project
+        ));
+    }
+    if c.services.is_empty() {
+        p.push("services: at least one service is required".into());
+    }
+    if let Some(existing) = &c.network.existing {
+        if existing.subnet_ids.is_empty() {
+            p.push("network.existing.subnet_ids: at least one subnet id is required".into());
+        }
+        if existing.security_group_ids.is_empty() {
+            p.push(
+                "network.existing.security_group_ids: at least one security group id is required"
+                    .into(),
+            );
+        }
+        for (i, s) in existing.subnet_ids.iter().enumerate() {
+            if !s.starts_with("subnet-") {
+                p.push(format!(
+                    "network.existing.subnet_ids[{i}]: `{s}` is not a subnet id (subnet-...)"
+                ));
+            }
+        }
+        for (i, s) in existing.security_group_ids.iter().enumerate() {
+            if !s.starts_with("sg-") {
+                p.push(format!("network.existing.security_group_ids[{i}]: `{s}` is not a security group id (sg-...)"));
+            }
+        }
+        if !existing.vpc_id.starts_with("vpc-") {
+            p.push(format!(
+                "network.existing.vpc_id: `{}` is not a VPC id (vpc-...)",
+                existing.vpc_id
+            ));
+        }
+    } else {
+        if !valid_cidr(&c.network.vpc_cidr) {
+            p.push(format!(
+                "network.vpc_cidr: `{}` is not an IPv4 CIDR like 10.0.0.0/16",
+                c.network.vpc_cidr
+            ));
+        }
+        if c.network.subnet_cidrs.len() != 2 {
+            p.push(format!(
+                "network.subnet_cidrs: exactly 2 CIDRs are required (one public subnet in each of two AZs), got {}",
+                c.network.subnet_cidrs.len()
+            ));
+        }
+        for (i, s) in c.network.subnet_cidrs.iter().enumerate() {
+            if !valid_cidr(s) {
+                p.push(format!(
+                    "network.subnet_cidrs[{i}]: `{s}` is not an IPv4 CIDR like 10.0.0.0/24"
+                ));
+            }
+        }
+    }
+    if !(1..=10_000).contains(&c.registry.keep_images) {
+        p.push(format!(
+            "registry.keep_images: {} is out of range; allowed 1..=10000",
+            c.registry.keep_images
+        ));
+    }
+    if let Some(lake) = &c.data_lake {
+        if !valid_bucket(&lake.bucket) {
+            p.push(format!(
+                "data_lake.bucket: `{}` is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+                lake.bucket
+            ));
+        }
+        if lake.prefix.starts_with('/') || lake.prefix.contains('*') {
+            p.push(format!(
+                "data_lake.prefix: `{}` must not start with '/' or contain '*'",
+                lake.prefix
+            ));
+        }
+    }
+    for (name, s) in &c.services {
+        let k = format!("services.{name}");
+        if !valid_name(name, 32) {
+            p.push(format!(
+                "{k}: `{name}` is not a valid service name; use 1-32 lowercase letters, digits and '-', starting with a letter"
+            ));
+        }
+        match (&s.image, &s.build) {
+            (Some(_), Some(_)) => p.push(format!("{k}: set either `image` or `build`, not both")),
+            (None, None) => p.push(format!(
+                "{k}: no image source; set `image: URI` (prebuilt) or `build:` (Dockerfile), or pass --image URI"
+            )),
+            (Some(uri), None) if uri.trim().is_empty() || uri.contains(char::is_whitespace) => {
+                p.push(format!("{k}.image: `{uri}` is not an image URI"))
+            }
+            _ => {}
+        }
+        match fargate_memory_values(s.cpu) {
+            None => p.push(format!(
+                "{k}.cpu: {} is not a Fargate cpu value; allowed: {}",
+                s.cpu,
+                join(FARGATE_CPU_VALUES)
+            )),
+            Some(mem) if !mem.contains(&s.memory) => p.push(format!(
+                "{k}.memory: {} MiB is not valid with cpu {}; allowed: {}",
+                s.memory,
+                s.cpu,
+                join(&mem)
+            )),
+            Some(_) => {}
+        }
+        if s.desired_count > 1000 {
+            p.push(format!(
+                "{k}.desired_count: {} is out of range; allowed 0..=1000",
+                s.desired_count
+            ));
+        }
+        if !(2..=120).contains(&s.stop_timeout) {
+            p.push(format!(
+                "{k}.stop_timeout: {} s is out of range; Fargate allows 2..=120",
+                s.stop_timeout
+            ));
+        }
+        if !LOG_RETENTION_DAYS.contains(&s.log_retention_days) {
+            p.push(format!(
+                "{k}.log_retention_days: {} is not allowed by CloudWatch Logs; allowed: {}",
+                s.log_retention_days,
+                join(LOG_RETENTION_DAYS)
+            ));
+        }
+        for key in s.environment.keys() {
+            if !valid_env_name(key) {
+                p.push(format!(
+                    "{k}.environment.{key}: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                ));
+            }
+            if s.secrets.contains(key) {
+                p.push(format!("{k}.environment.{key}: also listed in secrets; a name is either plain or secret"));
+            }
+        }
+        for (i, secret) in s.secrets.iter().enumerate() {
+            if !valid_env_name(secret) {
+                p.push(format!("{k}.secrets[{i}]: `{secret}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            }
+        }
+        let d = &s.deployment;
+        if d.min_healthy_percent > 100 {
+            p.push(format!(
+                "{k}.deployment.min_healthy_percent: {} is out of range; allowed 0..=100",
+                d.min_healthy_percent
+            ));
+        }
+        if !(100..=200).contains(&d.max_percent) {
+            p.push(format!(
+                "{k}.deployment.max_percent: {} is out of range; allowed 100..=200",
+                d.max_percent
+            ));
+        }
+        if d.min_healthy_percent == 100 && d.max_percent == 100 {
+            p.push(format!(
+                "{k}.deployment: min_healthy_percent 100 with max_percent 100 can never roll; raise max_percent (200 for zero downtime)"
+            ));
+        }
+        if !(30..=86_400).contains(&d.rollout_timeout) {
+            p.push(format!(
+                "{k}.deployment.rollout_timeout: {} s is out of range; allowed 30..=86400",
+                d.rollout_timeout
+            ));
+        }
+    }
+    p
+}
+
+fn join(values: &[u32]) -> String {
+    values
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_lowercase()
+        && !s.ends_with('-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_bucket(s: &str) -> bool {
+    (3..=63).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let Some((ip, bits)) = s.split_once('/') else {
+        return false;
+    };
+    ip.parse::<std::net::Ipv4Addr>().is_ok()
+        && bits.parse::<u8>().is_ok_and(|b| (16..=28).contains(&b))
+}
+
+impl Config {
+    /// The single ECR repository every service's built image is pushed to (tags differ).
+    pub fn repository_name(&self) -> String {
+        self.project.clone()
+    }
+
+    pub fn stack_name(&self, part: StackPart<'_>) -> String {
+        match part {
+            StackPart::Registry => format!("{}-registry", self.project),
+            StackPart::Network => format!("{}-network", self.project),
+            StackPart::Cluster => format!("{}-cluster", self.project),
+            StackPart::Service(name) => format!("{}-svc-{name}", self.project),
+        }
+    }
+
+    /// SSM parameter name holding one secret.
+    pub fn secret_parameter(&self, service: &str, secret: &str) -> String {
+        format!("/{}/{service}/{secret}", self.project)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StackPart<'a> {
+    Registry,
+    Network,
+    Cluster,
+    Service(&'a str),
+}
+
+/// The commented starter file written by `deployer init`.
+pub const STARTER: &str = include_str!("../deployer.example.yaml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, Path::new("deployer.yaml"), &[]).expect("valid config")
+    }
+
+    fn parse_err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let e = parse(text, Path::new("deployer.yaml"), &o).expect_err("invalid config");
+        assert_eq!(e.code, crate::error::ExitCode::BadInput);
+        e.to_string()
+    }
+
+    const MIN: &str = "project: demo\nservices:\n  web:\n    image: example.com/web@sha256:abc\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_ok(MIN);
+        let s = &c.services["web"];
+        assert_eq!((s.cpu, s.memory, s.desired_count), (256, 512, 1));
+        assert_eq!(s.deployment.min_healthy_percent, 100);
+        assert_eq!(s.deployment.max_percent, 200);
+        assert!(s.deployment.circuit_breaker);
+        assert_eq!(c.network.subnet_cidrs.len(), 2);
+        assert_eq!(c.stack_name(StackPart::Service("web")), "demo-svc-web");
+    }
+
+    #[test]
+    fn starter_file_is_valid() {
+        let c = parse_ok(STARTER);
+        assert!(!c.services.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse_err(
+            "project: demo\nservices:\n  web:\n    image: x\n    cpus: 256\n",
+            &[],
+        );
+        assert!(e.contains("unknown field `cpus`"), "{e}");
+        assert!(e.contains("services.web"), "{e}");
+        assert!(e.contains("deployer.yaml"), "{e}");
+    }
+
+    #[test]
+    fn memory_invalid_for_cpu_lists_allowed_values() {
+        let e = parse_err(&format!("{MIN}    cpu: 256\n    memory: 4096\n"), &[]);
+        assert!(e.contains("services.web.memory"), "{e}");
+        assert!(e.contains("allowed: 512, 1024, 2048"), "{e}");
+    }
+
+    #[test]
+    fn invalid_cpu_lists_allowed_values() {
+        let e = parse_err(MIN, &["services.web.cpu=300"]);
+        assert!(e.contains("services.web.cpu: 300"), "{e}");
+        assert!(e.contains("256, 512, 1024"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_before_validation() {
+        let o = vec![
+            "services.*.cpu=1024".to_string(),
+            "services.web.memory=2048".to_string(),
+        ];
+        let c = parse(MIN, Path::new("deployer.yaml"), &o).unwrap();
+        assert_eq!(
+            (c.services["web"].cpu, c.services["web"].memory),
+            (1024, 2048)
+        );
+    }
+
+    #[test]
+    fn bad_override_is_named() {
+        let e = parse_err(MIN, &["services.web.cpu"]);
+        assert!(e.contains("--set services.web.cpu"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse_err(&format!("{MIN}    desired_count: lots\n"), &[]);
+        assert!(e.contains("services.web.desired_count"), "{e}");
+    }
+
+    #[test]
+    fn several_problems_reported_together() {
+        let e = parse_err(
+            "project: Demo_1\nservices:\n  web:\n    stop_timeout: 500\n    log_retention_days: 8\n",
+            &[],
+        );
+        for needle in [
+            "project:",
+            "no image source",
+            "stop_timeout",
+            "log_retention_days: 8",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+    }
+
+    #[test]
+    fn secret_and_env_names_checked() {
+        let e = parse_err(
+            &format!("{MIN}    secrets: [API_KEY, bad-name]\n    environment: {{API_KEY: x}}\n"),
+            &[],
+        );
+        assert!(e.contains("services.web.secrets[1]"), "{e}");
+        assert!(e.contains("also listed in secrets"), "{e}");
+    }
+
+    #[test]
+    fn fargate_table_matches_docs() {
+        assert_eq!(
+            fargate_memory_values(512).unwrap(),
+            vec![1024, 2048, 3072, 4096]
+        );
+        assert_eq!(fargate_memory_values(4096).unwrap().last(), Some(&30720));
+        assert_eq!(fargate_memory_values(8192).unwrap()[..2], [16384, 20480]);
+        assert!(fargate_memory_values(100).is_none());
+    }
+}

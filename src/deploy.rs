@@ -1,0 +1,694 @@
+//! `up` and `plan`: settings + live state -> stack specs -> apply (or plan) in dependency order.
+//!
+//!   registry ──> images (build + push) ─┐
+//!   network ────────────────────────────┼──> secrets ──> per service: task definition ──> service stack ──> rollout
+//!   cluster ────────────────────────────┘
+//! The three stacks and the image build run concurrently; every service waits for all of them.
+
+use crate::aws::{self, Clients, Identity};
+use crate::cli::ImageFlags;
+use crate::config::{Config, Loaded, StackPart};
+use crate::error::{Error, Result};
+use crate::image::{self, Platform, PublishRequest, PublishedImage};
+use crate::rollout::{taskdef, track};
+use crate::secrets;
+use crate::stacks::{self, Applied, ApplyAction, StackPlan, StackSpec, Wait, templates};
+use crate::ui::Ui;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Ctx {
+    pub loaded: Loaded,
+    pub clients: Clients,
+    pub ui: Ui,
+    pub wait: Wait,
+}
+
+fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+pub fn registry_spec(c: &Config) -> StackSpec {
+    StackSpec {
+        name: c.stack_name(StackPart::Registry),
+        template: templates::REGISTRY,
+        parameters: params(&[
+            ("Project", c.project.clone()),
+            ("RepositoryName", c.repository_name()),
+            ("KeepImages", c.registry.keep_images.to_string()),
+        ]),
+        tags: stacks::project_tags(&c.project),
+    }
+}
+
+/// None when the config uses an existing VPC.
+pub fn network_spec(c: &Config) -> Option<StackSpec> {
+    if c.network.existing.is_some() {
+        return None;
+    }
+    let subnet = |i: usize| c.network.subnet_cidrs.get(i).cloned().unwrap_or_default();
+    Some(StackSpec {
+        name: c.stack_name(StackPart::Network),
+        template: templates::NETWORK,
+        parameters: params(&[
+            ("Project", c.project.clone()),
+            ("VpcCidr", c.network.vpc_cidr.clone()),
+            ("SubnetACidr", subnet(0)),
+            ("SubnetBCidr", subnet(1)),
+        ]),
+        tags: stacks::project_tags(&c.project),
+    })
+}
+
+pub fn cluster_spec(c: &Config) -> StackSpec {
+    let (bucket, prefix) = c
+        .data_lake
+        .as_ref()
+        .map(|d| (d.bucket.clone(), d.prefix.clone()))
+        .unwrap_or_default();
+    StackSpec {
+        name: c.stack_name(StackPart::Cluster),
+        template: templates::CLUSTER,
+        parameters: params(&[
+            ("Project", c.project.clone()),
+            ("RepositoryName", c.repository_name()),
+            (
+                "ContainerInsights",
+                if c.cluster.container_insights {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+                .to_string(),
+            ),
+            ("DataLakeBucket", bucket),
+            ("DataLakePrefix", prefix),
+        ]),
+        tags: stacks::project_tags(&c.project),
+    }
+}
+
+/// Subnets and security groups services run in: the network stack's outputs or the existing VPC's.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOut {
+    pub subnets: String,
+    pub security_groups: String,
+}
+
+fn network_out(c: &Config, outputs: Option<&BTreeMap<String, String>>) -> Result<NetworkOut> {
+    if let Some(e) = &c.network.existing {
+        return Ok(NetworkOut {
+            subnets: e.subnet_ids.join(","),
+            security_groups: e.security_group_ids.join(","),
+        });
+    }
+    let o = outputs.ok_or_else(|| Error::failure("network stack has no outputs"))?;
+    let get = |k: &str| {
+        o.get(k).cloned().ok_or_else(|| {
+            Error::failure(format!(
+                "{} has no output {k}",
+                c.stack_name(StackPart::Network)
+            ))
+        })
+    };
+    Ok(NetworkOut {
+        subnets: get("SubnetIds")?,
+        security_groups: get("SecurityGroupId")?,
+    })
+}
+
+pub fn service_spec(
+    c: &Config,
+    name: &str,
+    task_definition_arn: &str,
+    net: &NetworkOut,
+) -> StackSpec {
+    let s = &c.services[name];
+    StackSpec {
+        name: c.stack_name(StackPart::Service(name)),
+        template: templates::SERVICE,
+        parameters: params(&[
+            ("Project", c.project.clone()),
+            ("ServiceName", name.to_string()),
+            ("TaskDefinitionArn", task_definition_arn.to_string()),
+            ("DesiredCount", s.desired_count.to_string()),
+            ("Subnets", net.subnets.clone()),
+            ("SecurityGroups", net.security_groups.clone()),
+            (
+                "AssignPublicIp",
+                if c.network.assign_public_ip {
+                    "ENABLED"
+                } else {
+                    "DISABLED"
+                }
+                .to_string(),
+            ),
+            ("CapacityProvider", s.capacity.provider().to_string()),
+            (
+                "MinHealthyPercent",
+                s.deployment.min_healthy_percent.to_string(),
+            ),
+            ("MaxPercent", s.deployment.max_percent.to_string()),
+            ("CircuitBreaker", s.deployment.circuit_breaker.to_string()),
+            ("LogRetentionDays", s.log_retention_days.to_string()),
+        ]),
+        tags: stacks::project_tags(&c.project),
+    }
+}
+
+fn platform(s: &crate::config::Service) -> Platform {
+    match s.architecture {
+        crate::config::Architecture::X86_64 => Platform::LinuxAmd64,
+        crate::config::Architecture::Arm64 => Platform::LinuxArm64,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub service: String,
+    pub image: String,
+    pub task_definition_arn: String,
+    pub revision: i32,
+    /// A new task definition revision was registered.
+    pub registered: bool,
+    pub stack: ApplyAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<track::ServiceState>,
+    #[serde(skip)]
+    pub task_definition: Option<taskdef::TaskDef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub project: String,
+    pub region: String,
+    pub account: String,
+    pub stacks: Vec<Applied>,
+    pub images: Vec<ImageReport>,
+    pub secrets: Vec<secrets::SecretOutcome>,
+    pub services: Vec<ServiceReport>,
+    /// True when nothing was created, updated or registered.
+    pub unchanged: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    pub service: String,
+    #[serde(flatten)]
+    pub image: PublishedImage,
+}
+
+/// Build (and push) every service that has a `build:` section. Returns service -> image URI.
+pub async fn build_images(
+    c: &Config,
+    base_dir: &Path,
+    ecr: &aws_sdk_ecr::Client,
+    flags: &ImageFlags,
+    push: bool,
+    ui: &Ui,
+) -> Result<Vec<ImageReport>> {
+    let mut out = Vec::new();
+    for (name, s) in &c.services {
+        let Some(spec) = &s.build else { continue };
+        let mut req = PublishRequest::new(spec, base_dir, c.repository_name());
+        req.platform = platform(s);
+        req.registry_override = flags.registry.clone();
+        req.require_clean = flags.require_clean;
+        req.push = push;
+        ui.step(format!("{name}: image ({})", req.platform));
+        let image = image::publish(&req, ecr, ui).await?;
+        out.push(ImageReport {
+            service: name.clone(),
+            image,
+        });
+    }
+    Ok(out)
+}
+
+/// Everything `up` does, in order; see the module comment.
+pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path) -> Result<UpReport> {
+    let c = &ctx.loaded.config;
+    let (cl, ui, wait) = (&ctx.clients, &ctx.ui, ctx.wait);
+    let identity = aws::identity(&cl.sts).await?;
+    ui.step(format!(
+        "deploying {} to account {} in {} as {}",
+        c.project, identity.account, cl.region, identity.arn
+    ));
+    // Read every secret first: a missing one aborts before anything changes.
+    let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
+
+    let registry = registry_spec(c);
+    let cluster = cluster_spec(c);
+    let network = network_spec(c);
+    let registry_and_images = async {
+        let applied = stacks::apply(&cl.cfn, &registry, wait, ui).await?;
+        let images = build_images(c, &ctx.loaded.dir, &cl.ecr, flags, true, ui).await?;
+        Ok::<_, Error>((applied, images))
+    };
+    let network_fut = async {
+        match &network {
+            Some(spec) => stacks::apply(&cl.cfn, spec, wait, ui).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (reg, net, clu) = tokio::join!(
+        registry_and_images,
+        network_fut,
+        stacks::apply(&cl.cfn, &cluster, wait, ui)
+    );
+    // Concurrent steps can fail together: show every failure, return the first.
+    let failed: Vec<&Error> = [reg.as_ref().err(), net.as_ref().err(), clu.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for e in failed.iter().skip(1) {
+        ui.error(e);
+    }
+    let (registry_applied, images) = reg?;
+    let net = net?;
+    let clu = clu?;
+    let net_out = network_out(c, net.as_ref().map(|a| &a.outputs))?;
+    let mut applied_stacks = vec![registry_applied];
+    applied_stacks.extend(net);
+    applied_stacks.push(clu.clone());
+
+    let secret_outcomes = secrets::apply(&cl.ssm, &c.project, &pending, ui).await?;
+
+    let image_for = |name: &str| -> Result<String> {
+        if let Some(i) = images.iter().find(|i| i.service == name) {
+            return Ok(i.image.image_uri.clone());
+        }
+        c.services[name]
+            .image
+            .clone()
+            .ok_or_else(|| Error::bad_input(format!("services.{name}: no image")))
+    };
+    let role = |k: &str| {
+        clu.outputs
+            .get(k)
+            .cloned()
+            .ok_or_else(|| Error::failure(format!("{} has no output {k}", cluster.name)))
+    };
+    let (exec_role, task_role) = (role("ExecutionRoleArn")?, role("TaskRoleArn")?);
+    let cluster_name = clu
+        .outputs
+        .get("ClusterName")
+        .cloned()
+        .unwrap_or_else(|| c.project.clone());
+
+    let deploys = c.services.keys().map(|name| {
+        let image = image_for(name);
+        let (exec_role, task_role, identity, net_out, cluster_name) =
+            (&exec_role, &task_role, &identity, &net_out, &cluster_name);
+        async move {
+            deploy_service(
+                ctx,
+                name,
+                &image?,
+                exec_role,
+                task_role,
+                identity,
+                net_out,
+                cluster_name,
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(deploys).await;
+    let mut services = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok((report, applied)) => {
+                applied_stacks.push(applied);
+                services.push(report);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first);
+    }
+    write_artifacts(out_dir, &services)?;
+    let unchanged = applied_stacks
+        .iter()
+        .all(|a| a.action == ApplyAction::Unchanged)
+        && services.iter().all(|s| !s.registered)
+        && secret_outcomes
+            .iter()
+            .all(|s| matches!(s.action, "unchanged" | "kept"))
+        && images.iter().all(|i| i.image.skipped_push);
+    Ok(UpReport {
+        project: c.project.clone(),
+        region: cl.region.clone(),
+        account: identity.account,
+        stacks: applied_stacks,
+        images,
+        secrets: secret_outcomes,
+        services,
+        unchanged,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deploy_service(
+    ctx: &Ctx,
+    name: &str,
+    image: &str,
+    exec_role: &str,
+    task_role: &str,
+    identity: &Identity,
+    net: &NetworkOut,
+    cluster: &str,
+) -> Result<(ServiceReport, Applied)> {
+    let c = &ctx.loaded.config;
+    let (cl, ui) = (&ctx.clients, &ctx.ui);
+    let svc = &c.services[name];
+    let desired = taskdef::render(&taskdef::RenderInput {
+        project: &c.project,
+        service_name: name,
+        service: svc,
+        image,
+        region: &cl.region,
+        account: &identity.account,
+        execution_role_arn: exec_role,
+        task_role_arn: task_role,
+    });
+    let live = taskdef::latest(&cl.ecs, &desired.family).await?;
+    let (arn, revision, registered) = match live {
+        Some(l) if l.def == desired => {
+            ui.detail(format!(
+                "{name}: task definition {}:{} is current",
+                desired.family, l.revision
+            ));
+            (l.arn, l.revision, false)
+        }
+        _ => {
+            let (arn, rev) =
+                taskdef::register(&cl.ecs, &desired, &stacks::project_tags(&c.project)).await?;
+            ui.step(format!(
+                "{name}: registered task definition {}:{rev}",
+                desired.family
+            ));
+            (arn, rev, true)
+        }
+    };
+    let spec = service_spec(c, name, &arn, net);
+    let applied = stacks::apply(&cl.cfn, &spec, ctx.wait, ui).await?;
+    let rollout_wait = Wait {
+        timeout: Duration::from_secs(svc.deployment.rollout_timeout),
+        ..ctx.wait
+    };
+    let state = if applied.action == ApplyAction::Unchanged {
+        track::describe(&cl.ecs, cluster, name).await?
+    } else {
+        Some(track::wait_deployed(&cl.ecs, cluster, name, &arn, rollout_wait, ui).await?)
+    };
+    let report = ServiceReport {
+        service: name.to_string(),
+        image: image.to_string(),
+        task_definition_arn: arn,
+        revision,
+        registered,
+        stack: applied.action,
+        state,
+        task_definition: Some(desired),
+    };
+    Ok((report, applied))
+}
+
+/// `<out>/<service>/task-definition.json`: what was deployed, secrets as ARNs only.
+fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
+    for s in services {
+        let Some(td) = &s.task_definition else {
+            continue;
+        };
+        let dir = out_dir.join(&s.service);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let json = serde_json::to_string_pretty(td).map_err(std::io::Error::other)?;
+            std::fs::write(dir.join("task-definition.json"), json + "\n")
+        };
+        write().map_err(|e| {
+            Error::failure(format!("write {}/task-definition.json: {e}", dir.display())).with_help(
+                "the deployment itself succeeded; pass --out-dir to a writable directory",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// One entry of `plan`'s output.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub project: String,
+    pub stacks: Vec<StackPlan>,
+    pub task_definitions: Vec<TaskDefPlan>,
+    pub changes: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskDefPlan {
+    pub service: String,
+    pub family: String,
+    /// register | unchanged
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
+}
+
+/// What `up` would do, without changing anything (change sets are created and deleted).
+pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
+    let c = &ctx.loaded.config;
+    let (cl, wait) = (&ctx.clients, ctx.wait);
+    let identity = aws::identity(&cl.sts).await?;
+    let mut specs = vec![registry_spec(c)];
+    specs.extend(network_spec(c));
+    specs.push(cluster_spec(c));
+    let plans =
+        futures::future::join_all(specs.iter().map(|s| stacks::plan(&cl.cfn, s, wait))).await;
+    let mut stack_plans = plans.into_iter().collect::<Result<Vec<_>>>()?;
+
+    let cluster_live = stacks::describe(&cl.cfn, &c.stack_name(StackPart::Cluster)).await?;
+    let net_live = match network_spec(c) {
+        Some(s) => stacks::describe(&cl.cfn, &s.name).await?,
+        None => None,
+    };
+    let mut td_plans = Vec::new();
+    for (name, svc) in &c.services {
+        let family = taskdef::family(&c.project, name);
+        let live = taskdef::latest(&cl.ecs, &family).await?;
+        let out = |k: &str| {
+            cluster_live
+                .as_ref()
+                .and_then(|l| l.outputs.get(k).cloned())
+                .unwrap_or_default()
+        };
+        // A service built from source keeps its live image in the plan: the tag is only known after the build.
+        let image = match (&svc.image, &live) {
+            (Some(i), _) => i.clone(),
+            (None, Some(l)) => l
+                .def
+                .container_definitions
+                .first()
+                .map(|c| c.image.clone())
+                .unwrap_or_default(),
+            (None, None) => "(built at deploy time)".into(),
+        };
+        let desired = taskdef::render(&taskdef::RenderInput {
+            project: &c.project,
+            service_name: name,
+            service: svc,
+            image: &image,
+            region: &cl.region,
+            account: &identity.account,
+            execution_role_arn: &out("ExecutionRoleArn"),
+            task_role_arn: &out("TaskRoleArn"),
+        });
+        let differences = match &live {
+            Some(l) => diff_json(&l.def, &desired),
+            None => vec!["new family".into()],
+        };
+        let changed = !differences.is_empty();
+        td_plans.push(TaskDefPlan {
+            service: name.clone(),
+            family,
+            action: if changed { "register" } else { "unchanged" },
+            differences,
+        });
+        let stack_name = c.stack_name(StackPart::Service(name));
+        let service_live = stacks::describe(&cl.cfn, &stack_name).await?;
+        let plan = match (&service_live, &live) {
+            (Some(sl), Some(l))
+                if sl.status.ends_with("_COMPLETE") && sl.status != "ROLLBACK_COMPLETE" =>
+            {
+                let net = network_out(c, net_live.as_ref().map(|n| &n.outputs)).unwrap_or_default();
+                // Plan against the live revision; a new revision shows as a change of the service.
+                let current_arn = sl
+                    .parameters
+                    .get("TaskDefinitionArn")
+                    .cloned()
+                    .unwrap_or(l.arn.clone());
+                let arn = if changed { current_arn } else { l.arn.clone() };
+                let p = stacks::plan(&cl.cfn, &service_spec(c, name, &arn, &net), wait).await?;
+                match (p, changed) {
+                    (StackPlan::NoChange { stack }, true) => StackPlan::Update {
+                        stack,
+                        changes: vec![stacks::ResourceChange {
+                            action: "Modify".into(),
+                            logical_id: "Service".into(),
+                            resource_type: "AWS::ECS::Service".into(),
+                            replacement: Some("False".into()),
+                        }],
+                    },
+                    (p, _) => p,
+                }
+            }
+            _ => {
+                let spec = service_spec(c, name, "(new revision)", &NetworkOut::default());
+                stacks::plan(&cl.cfn, &spec, wait).await?
+            }
+        };
+        stack_plans.push(plan);
+    }
+    let changes = stack_plans.iter().any(StackPlan::has_changes)
+        || td_plans.iter().any(|t| t.action != "unchanged");
+    Ok(PlanReport {
+        project: c.project.clone(),
+        stacks: stack_plans,
+        task_definitions: td_plans,
+        changes,
+    })
+}
+
+/// Top-level JSON keys (and container fields) that differ, for a readable plan.
+fn diff_json(live: &taskdef::TaskDef, desired: &taskdef::TaskDef) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(live).unwrap_or_default(),
+        serde_json::to_value(desired).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    diff_values("", &a, &b, &mut out);
+    out
+}
+
+fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff_values(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y))
+            if x.len() == y.len() && path == "containerDefinitions" =>
+        {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                diff_values(&format!("{path}[{i}]"), u, v, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {} -> {}", short(a), short(b))),
+        _ => {}
+    }
+}
+
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!("{}...", &s[..s.floor_char_boundary(77)])
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        crate::config::parse(
+            &format!("project: demo\nservices:\n  web:\n    image: repo@sha256:1\n{extra}"),
+            Path::new("t.yaml"),
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn specs_pass_every_template_parameter() {
+        let c = config("");
+        let net = NetworkOut {
+            subnets: "subnet-1,subnet-2".into(),
+            security_groups: "sg-1".into(),
+        };
+        for spec in [
+            registry_spec(&c),
+            network_spec(&c).unwrap(),
+            cluster_spec(&c),
+            service_spec(&c, "web", "arn:td", &net),
+        ] {
+            let mut declared = templates::parameters(spec.template);
+            declared.sort();
+            let passed: Vec<String> = spec.parameters.keys().cloned().collect();
+            assert_eq!(declared, passed, "{}", spec.name);
+            assert!(stacks::owned_by(&spec.tags, "demo"));
+        }
+    }
+
+    #[test]
+    fn existing_network_skips_the_network_stack() {
+        let c = crate::config::parse(
+            "project: demo\nnetwork:\n  existing:\n    vpc_id: vpc-1\n    subnet_ids: [subnet-a]\n    security_group_ids: [sg-a]\nservices:\n  web:\n    image: i\n",
+            Path::new("t.yaml"),
+            &[],
+        )
+        .unwrap();
+        assert!(network_spec(&c).is_none());
+        let n = network_out(&c, None).unwrap();
+        assert_eq!(
+            (n.subnets.as_str(), n.security_groups.as_str()),
+            ("subnet-a", "sg-a")
+        );
+    }
+
+    #[test]
+    fn cpu_change_shows_in_task_definition_diff() {
+        let c = config("");
+        let input = |svc: &crate::config::Service| {
+            taskdef::render(&taskdef::RenderInput {
+                project: "demo",
+                service_name: "web",
+                service: svc,
+                image: "i",
+                region: "r",
+                account: "a",
+                execution_role_arn: "e",
+                task_role_arn: "t",
+            })
+        };
+        let mut bigger = c.services["web"].clone();
+        bigger.cpu = 512;
+        bigger.memory = 1024;
+        let d = diff_json(&input(&c.services["web"]), &input(&bigger));
+        assert_eq!(
+            d,
+            vec!["cpu: \"256\" -> \"512\"", "memory: \"512\" -> \"1024\""]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! deployer: run real-time data pipelines as always-on ECS Fargate services.
+//!
+//! Each command is a pipeline of typed steps; see README.md ("Architecture").
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod deploy;
+pub mod destroy;
+pub mod error;
+pub mod image;
+pub mod interrupt;
+pub mod rollout;
+pub mod secrets;
+pub mod stacks;
+pub mod status;
+pub mod summary;
+pub mod ui;

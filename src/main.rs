@@ -1,0 +1,232 @@
+//! Parse args, set up output, run one command, map errors to exit codes.
+
+use clap::Parser;
+use deployer::aws::{Clients, Target};
+use deployer::cli::{Cli, Command, Global, Overrides};
+use deployer::config::{self, Loaded};
+use deployer::deploy::{self, Ctx};
+use deployer::error::{Error, ExitCode, Result};
+use deployer::stacks::Wait;
+use deployer::ui::Ui;
+use deployer::{destroy, interrupt, status, summary};
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let cli = Cli::parse();
+    let verbosity = if cli.global.quiet {
+        -1
+    } else {
+        cli.global.verbose.min(2) as i8
+    };
+    let ui = Ui::new(cli.global.json, verbosity);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            ui.error(format!("cannot start the async runtime: {e}"));
+            std::process::exit(ExitCode::Failure as i32);
+        }
+    };
+    let code = runtime.block_on(async {
+        interrupt::install();
+        match run(&cli, &ui).await {
+            Ok(code) => code,
+            Err(e) => {
+                ui.error(&e);
+                ui.result_json(&json!({"ok": false, "exit_code": e.code as i32, "error": e.message, "help": e.help}));
+                e.code
+            }
+        }
+    });
+    std::process::exit(code as i32);
+}
+
+fn load(global: &Global, overrides: &Overrides) -> Result<Loaded> {
+    config::load(&global.config, &overrides.as_set())
+}
+
+async fn clients(global: &Global, loaded: &Loaded) -> Result<Clients> {
+    // Precedence: --region, then the config file, then the SDK chain (AWS_REGION, profile).
+    let region = global
+        .region
+        .clone()
+        .or_else(|| loaded.config.region.clone());
+    Clients::new(&Target {
+        profile: global.profile.clone(),
+        region,
+        endpoint_url: global.endpoint_url.clone(),
+        max_attempts: None,
+    })
+    .await
+}
+
+fn wait(global: &Global) -> Wait {
+    Wait {
+        timeout: Duration::from_secs(global.timeout),
+        ..Wait::default()
+    }
+}
+
+/// API call counts for `-v` and `--json`.
+fn calls_json(cl: &Clients) -> serde_json::Value {
+    json!({"total": cl.calls.snapshot().values().sum::<u32>(), "by_operation": cl.calls.snapshot(), "mutating": cl.calls.mutating()})
+}
+
+async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
+    let g = &cli.global;
+    let started = Instant::now();
+    match &cli.command {
+        Command::Init { force } => init(&g.config, *force, ui),
+        Command::Plan {
+            overrides,
+            exit_code,
+        } => {
+            let loaded = load(g, overrides)?;
+            let clients = clients(g, &loaded).await?;
+            let ctx = Ctx {
+                loaded,
+                clients,
+                ui: ui.clone(),
+                wait: wait(g),
+            };
+            let report = deploy::plan(&ctx).await?;
+            ui.result(summary::plan_text(&report).trim_end());
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = json!(true);
+            v["api_calls"] = calls_json(&ctx.clients);
+            ui.result_json(&v);
+            Ok(if *exit_code && report.changes {
+                ExitCode::BadInput
+            } else {
+                ExitCode::Success
+            })
+        }
+        Command::Up {
+            overrides,
+            out_dir,
+            image,
+        } => {
+            let loaded = load(g, overrides)?;
+            let clients = clients(g, &loaded).await?;
+            let ctx = Ctx {
+                loaded,
+                clients,
+                ui: ui.clone(),
+                wait: wait(g),
+            };
+            let report = deploy::up(&ctx, image, out_dir).await?;
+            let md = summary::up_markdown(&report);
+            // The summary file is a convenience; failing to write it must not fail a deploy.
+            if let Err(e) = std::fs::write(out_dir.join("summary.md"), &md) {
+                ui.warn(format!(
+                    "could not write {}/summary.md: {e}",
+                    out_dir.display()
+                ));
+            }
+            summary::append_env_file("GITHUB_STEP_SUMMARY", &md);
+            summary::append_env_file("GITHUB_OUTPUT", &summary::up_outputs(&report));
+            ui.result(summary::up_text(&report).trim_end());
+            let calls = calls_json(&ctx.clients);
+            ui.detail(format!(
+                "{:.2}s, AWS API calls: {calls}",
+                started.elapsed().as_secs_f64()
+            ));
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = json!(true);
+            v["seconds"] = json!(started.elapsed().as_secs_f64());
+            v["api_calls"] = calls;
+            ui.result_json(&v);
+            Ok(ExitCode::Success)
+        }
+        Command::Build {
+            overrides,
+            push,
+            image,
+        } => {
+            let loaded = load(g, overrides)?;
+            let clients = clients(g, &loaded).await?;
+            let images =
+                deploy::build_images(&loaded.config, &loaded.dir, &clients.ecr, image, *push, ui)
+                    .await?;
+            if images.is_empty() {
+                return Err(Error::bad_input(format!(
+                    "{}: no service has a `build:` section; nothing to build",
+                    loaded.path.display()
+                )));
+            }
+            for i in &images {
+                ui.result(format!("{} {}", i.service, i.image.image_uri));
+            }
+            ui.result_json(&json!({"ok": true, "images": images}));
+            Ok(ExitCode::Success)
+        }
+        Command::Destroy { yes } => {
+            let loaded = load(g, &Overrides::default())?;
+            let clients = clients(g, &loaded).await?;
+            let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
+            let report = destroy::destroy(&loaded.config, &clients, wait(g), ui, confirm).await?;
+            ui.result(summary::destroy_text(&report).trim_end());
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = json!(true);
+            ui.result_json(&v);
+            Ok(ExitCode::Success)
+        }
+        Command::Status { overrides } => {
+            let loaded = load(g, overrides)?;
+            let clients = clients(g, &loaded).await?;
+            let report = status::status(&loaded.config, &clients).await?;
+            ui.result(summary::status_text(&report).trim_end());
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = json!(true);
+            ui.result_json(&v);
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+/// On a TTY ask for the project name; elsewhere require --yes.
+fn confirm_destroy(project: &str, what: &[String], yes: bool, ui: &Ui) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            Error::bad_input("destroy needs confirmation and stdin is not a terminal")
+                .with_help("pass --yes to destroy without a prompt"),
+        );
+    }
+    ui.step(format!("This deletes:\n  {}", what.join("\n  ")));
+    eprint!("Type the project name ({project}) to confirm: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if line.trim() == project {
+        Ok(())
+    } else {
+        Err(Error::bad_input(
+            "destroy not confirmed; nothing was deleted",
+        ))
+    }
+}
+
+fn init(path: &Path, force: bool, ui: &Ui) -> Result<ExitCode> {
+    if path.exists() && !force {
+        return Err(
+            Error::bad_input(format!("{} already exists", path.display()))
+                .with_help("pass --force to overwrite it, or --config to write another file"),
+        );
+    }
+    std::fs::write(path, config::STARTER)
+        .map_err(|e| Error::failure(format!("cannot write {}: {e}", path.display())))?;
+    ui.result(format!(
+        "wrote {}: edit `project`, `data_lake` and `services`, then run `deployer plan`",
+        path.display()
+    ));
+    ui.result_json(&json!({"ok": true, "path": path}));
+    Ok(ExitCode::Success)
+}

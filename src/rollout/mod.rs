@@ -1,0 +1,4 @@
+//! Task definitions and service deployments.
+
+pub mod taskdef;
+pub mod track;

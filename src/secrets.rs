@@ -1,0 +1,242 @@
+//! Secrets: values read from the deployer's environment at deploy time, stored as SSM
+//! SecureString parameters `/<project>/<service>/<NAME>`, referenced by ARN from the task
+//! definition. Values live only in `SecretString` and are never printed or serialised.
+
+use crate::aws::describe as describe_err;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::stacks::{owned_by, project_tags};
+use crate::ui::Ui;
+use aws_sdk_ssm::types::{ParameterType, ResourceTypeForTagging, Tag};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One secret to put in place. `value` is None when the environment does not set it and
+/// the parameter already exists: the stored value is kept.
+pub struct Pending {
+    pub service: String,
+    pub name: String,
+    pub parameter: String,
+    pub value: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretOutcome {
+    pub parameter: String,
+    /// created | updated | unchanged | kept (not in the environment; stored value kept)
+    pub action: &'static str,
+}
+
+/// Read every configured secret from `env` and check the ones it lacks already exist.
+/// Runs before anything is changed, so a missing value aborts with nothing half-applied.
+pub async fn preflight(
+    ssm: &aws_sdk_ssm::Client,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Pending>> {
+    let mut pending = Vec::new();
+    let mut missing = Vec::new();
+    for (service, s) in &config.services {
+        for name in &s.secrets {
+            let parameter = config.secret_parameter(service, name);
+            let value = env(name).filter(|v| !v.is_empty()).map(SecretString::from);
+            if value.is_none() && !exists(ssm, &parameter).await? {
+                missing.push(format!(
+                    "{name} (services.{service}.secrets -> {parameter})"
+                ));
+            }
+            pending.push(Pending {
+                service: service.clone(),
+                name: name.clone(),
+                parameter,
+                value,
+            });
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::bad_input(format!(
+            "secret values missing from the environment, and not stored yet:\n  - {}",
+            missing.join("\n  - ")
+        ))
+        .with_help("export each variable before running the deployer (in GitHub Actions: env: NAME: ${{ secrets.NAME }})"));
+    }
+    Ok(pending)
+}
+
+async fn exists(ssm: &aws_sdk_ssm::Client, parameter: &str) -> Result<bool> {
+    match ssm.get_parameter().name(parameter).send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::failure(format!(
+            "read SSM parameter {parameter}: {}",
+            describe_err(&e)
+        ))),
+    }
+}
+
+/// Write the secrets whose value changed. Reading back with decryption is what makes a
+/// no-op deploy free of writes.
+pub async fn apply(
+    ssm: &aws_sdk_ssm::Client,
+    project: &str,
+    pending: &[Pending],
+    ui: &Ui,
+) -> Result<Vec<SecretOutcome>> {
+    let mut outcomes = Vec::new();
+    for p in pending {
+        let Some(value) = &p.value else {
+            ui.detail(format!(
+                "{}: not in the environment; keeping the stored value",
+                p.parameter
+            ));
+            outcomes.push(SecretOutcome {
+                parameter: p.parameter.clone(),
+                action: "kept",
+            });
+            continue;
+        };
+        let current = match ssm
+            .get_parameter()
+            .name(&p.parameter)
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            Ok(o) => o
+                .parameter()
+                .and_then(|p| p.value())
+                .map(|v| SecretString::from(v.to_string())),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(Error::failure(format!(
+                    "read SSM parameter {}: {}",
+                    p.parameter,
+                    describe_err(&e)
+                )));
+            }
+        };
+        let action = match &current {
+            Some(c) if c.expose_secret() == value.expose_secret() => {
+                outcomes.push(SecretOutcome {
+                    parameter: p.parameter.clone(),
+                    action: "unchanged",
+                });
+                continue;
+            }
+            Some(_) => "updated",
+            None => "created",
+        };
+        ssm.put_parameter()
+            .name(&p.parameter)
+            .value(value.expose_secret())
+            .r#type(ParameterType::SecureString)
+            .overwrite(true)
+            .description(format!(
+                "deployer secret {} of service {}",
+                p.name, p.service
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "write SSM parameter {}: {}",
+                    p.parameter,
+                    describe_err(&e)
+                ))
+            })?;
+        let tags: Vec<Tag> = project_tags(project)
+            .into_iter()
+            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+            .collect();
+        ssm.add_tags_to_resource()
+            .resource_type(ResourceTypeForTagging::Parameter)
+            .resource_id(&p.parameter)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "tag SSM parameter {}: {}",
+                    p.parameter,
+                    describe_err(&e)
+                ))
+            })?;
+        ui.step(format!("secret {}: {action}", p.parameter));
+        outcomes.push(SecretOutcome {
+            parameter: p.parameter.clone(),
+            action,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Parameters under `/<project>/` that carry the deployer's tags (what `destroy` may delete).
+pub async fn owned_parameters(ssm: &aws_sdk_ssm::Client, project: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let out = ssm
+            .get_parameters_by_path()
+            .path(format!("/{project}/"))
+            .recursive(true)
+            .set_next_token(next.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "list SSM parameters /{project}/: {}",
+                    describe_err(&e)
+                ))
+            })?;
+        names.extend(
+            out.parameters()
+                .iter()
+                .filter_map(|p| p.name().map(str::to_string)),
+        );
+        next = out.next_token().map(str::to_string);
+        if next.is_none() {
+            break;
+        }
+    }
+    let mut owned = Vec::new();
+    for name in names {
+        let tags = ssm
+            .list_tags_for_resource()
+            .resource_type(ResourceTypeForTagging::Parameter)
+            .resource_id(&name)
+            .send()
+            .await
+            .map_err(|e| Error::failure(format!("read tags of {name}: {}", describe_err(&e))))?;
+        let tags: BTreeMap<String, String> = tags
+            .tag_list()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        if owned_by(&tags, project) {
+            owned.push(name);
+        }
+    }
+    Ok(owned)
+}
+
+pub async fn delete(ssm: &aws_sdk_ssm::Client, names: &[String]) -> Result<()> {
+    for chunk in names.chunks(10) {
+        ssm.delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| Error::failure(format!("delete SSM parameters: {}", describe_err(&e))))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,721 @@
+//! Create/update through change sets, wait with a deadline while streaming events, delete.
+
+use super::{StackSpec, templates};
+use crate::aws::{describe as describe_err, message};
+use crate::error::{Error, ExitCode, Result};
+use crate::interrupt;
+use crate::ui::{Spinner, Ui};
+use aws_sdk_cloudformation::Client;
+use aws_sdk_cloudformation::types::{
+    Capability, ChangeSetStatus, ChangeSetType, Parameter, StackStatus, Tag, TemplateStage,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Deadline and poll pacing for waits. Polls start fast and back off to `max_poll`.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub timeout: Duration,
+    pub min_poll: Duration,
+    pub max_poll: Duration,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30 * 60),
+            min_poll: Duration::from_millis(500),
+            max_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A stack as CloudFormation reports it.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStack {
+    pub name: String,
+    pub status: String,
+    pub parameters: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ResourceChange {
+    pub action: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+}
+
+/// What `up` would do to one stack.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum StackPlan {
+    Create {
+        stack: String,
+        changes: Vec<ResourceChange>,
+    },
+    Update {
+        stack: String,
+        changes: Vec<ResourceChange>,
+    },
+    /// A failed earlier create left ROLLBACK_COMPLETE: it is deleted and created again.
+    Recreate {
+        stack: String,
+        changes: Vec<ResourceChange>,
+    },
+    NoChange {
+        stack: String,
+    },
+}
+
+impl StackPlan {
+    pub fn has_changes(&self) -> bool {
+        !matches!(self, StackPlan::NoChange { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyAction {
+    Created,
+    Updated,
+    Recreated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub stack: String,
+    pub action: ApplyAction,
+    pub outputs: BTreeMap<String, String>,
+}
+
+fn is_missing<E: aws_sdk_cloudformation::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_cloudformation::error::SdkError<E, R>,
+) -> bool {
+    message(e).is_some_and(|m| m.contains("does not exist"))
+}
+
+fn status_str(s: Option<&StackStatus>) -> String {
+    s.map(|s| s.as_str().to_string()).unwrap_or_default()
+}
+
+/// CloudFormation returns a CommaDelimitedList parameter as `a,b`; moto returns Python's
+/// `['a', 'b']`. Read both as `a,b` so an unchanged list is not mistaken for a change.
+fn list_value(v: &str) -> String {
+    match v.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        Some(items) => items
+            .split(',')
+            .map(|i| i.trim().trim_matches('\''))
+            .collect::<Vec<_>>()
+            .join(","),
+        None => v.to_string(),
+    }
+}
+
+/// DescribeStacks for one stack; `None` when it does not exist.
+pub async fn describe(cfn: &Client, name: &str) -> Result<Option<LiveStack>> {
+    let out = match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(o) => o,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => {
+            return Err(Error::failure(format!(
+                "describe stack {name}: {}",
+                describe_err(&e)
+            )));
+        }
+    };
+    let Some(s) = out.stacks().first() else {
+        return Ok(None);
+    };
+    if s.stack_status() == Some(&StackStatus::DeleteComplete) {
+        return Ok(None);
+    }
+    Ok(Some(LiveStack {
+        name: name.to_string(),
+        status: status_str(s.stack_status()),
+        parameters: s
+            .parameters()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.parameter_key()?.to_string(),
+                    list_value(p.parameter_value()?),
+                ))
+            })
+            .collect(),
+        tags: s
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+        outputs: s
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+            .collect(),
+    }))
+}
+
+/// True when the live stack already has this template, these parameters and these tags:
+/// then there is nothing to do and no mutating call is made.
+async fn is_current(cfn: &Client, spec: &StackSpec, live: &LiveStack, ui: &Ui) -> Result<bool> {
+    let changed: Vec<&String> = spec
+        .parameters
+        .iter()
+        .filter(|(k, v)| live.parameters.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    let tags_same = spec.tags.iter().all(|(k, v)| live.tags.get(k) == Some(v));
+    if !changed.is_empty() {
+        ui.detail(format!("{}: parameters changed: {changed:?}", spec.name));
+        return Ok(false);
+    }
+    if !tags_same || !live.status.ends_with("_COMPLETE") {
+        ui.detail(format!(
+            "{}: tags changed or status {}",
+            spec.name, live.status
+        ));
+        return Ok(false);
+    }
+    let body = cfn
+        .get_template()
+        .stack_name(&spec.name)
+        .template_stage(TemplateStage::Original)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::failure(format!(
+                "get template of {}: {}",
+                spec.name,
+                describe_err(&e)
+            ))
+        })?;
+    let same = body.template_body() == Some(spec.template);
+    if !same {
+        ui.detail(format!("{}: template changed", spec.name));
+    }
+    Ok(same)
+}
+
+fn create_plan_changes(spec: &StackSpec) -> Vec<ResourceChange> {
+    templates::resources(spec.template)
+        .into_iter()
+        .map(|(logical_id, resource_type)| ResourceChange {
+            action: "Add".into(),
+            logical_id,
+            resource_type,
+            replacement: None,
+        })
+        .collect()
+}
+
+/// What applying `spec` would change. Updates are computed by a change set that is then
+/// deleted; new stacks list the template's resources (no change set, nothing left behind).
+pub async fn plan(cfn: &Client, spec: &StackSpec, wait: Wait) -> Result<StackPlan> {
+    let stack = spec.name.clone();
+    let Some(live) = describe(cfn, &spec.name).await? else {
+        return Ok(StackPlan::Create {
+            stack,
+            changes: create_plan_changes(spec),
+        });
+    };
+    if live.status == StackStatus::RollbackComplete.as_str() || live.status == "REVIEW_IN_PROGRESS"
+    {
+        return Ok(StackPlan::Recreate {
+            stack,
+            changes: create_plan_changes(spec),
+        });
+    }
+    if is_current(cfn, spec, &live, &Ui::silent()).await? {
+        return Ok(StackPlan::NoChange { stack });
+    }
+    let Some(cs) = create_change_set(cfn, spec, ChangeSetType::Update, wait).await? else {
+        return Ok(StackPlan::NoChange { stack });
+    };
+    delete_change_set(cfn, &spec.name, &cs.name).await;
+    // An empty list still means an update: parameters or tags change without touching a resource.
+    Ok(StackPlan::Update {
+        stack,
+        changes: cs.changes,
+    })
+}
+
+struct ChangeSet {
+    name: String,
+    changes: Vec<ResourceChange>,
+}
+
+fn cfn_parameters(spec: &StackSpec) -> Vec<Parameter> {
+    spec.parameters
+        .iter()
+        .map(|(k, v)| {
+            Parameter::builder()
+                .parameter_key(k)
+                .parameter_value(v)
+                .build()
+        })
+        .collect()
+}
+
+fn cfn_tags(spec: &StackSpec) -> Vec<Tag> {
+    spec.tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn is_empty_change_set_reason(reason: &str) -> bool {
+    reason.contains("didn't contain changes") || reason.contains("No updates are to be performed")
+}
+
+/// Create a change set and wait until it is ready. `None`: it contains no changes
+/// (already deleted). Real CloudFormation marks such a set FAILED; moto raises ValidationError.
+async fn create_change_set(
+    cfn: &Client,
+    spec: &StackSpec,
+    kind: ChangeSetType,
+    wait: Wait,
+) -> Result<Option<ChangeSet>> {
+    let name = format!(
+        "deployer-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let created = cfn
+        .create_change_set()
+        .stack_name(&spec.name)
+        .change_set_name(&name)
+        .change_set_type(kind)
+        .template_body(spec.template)
+        .set_parameters(Some(cfn_parameters(spec)))
+        .set_tags(Some(cfn_tags(spec)))
+        .capabilities(Capability::CapabilityIam)
+        .send()
+        .await;
+    if let Err(e) = created {
+        if message(&e).is_some_and(|m| is_empty_change_set_reason(&m)) {
+            return Ok(None);
+        }
+        return Err(Error::failure(format!(
+            "create change set for {}: {}",
+            spec.name,
+            describe_err(&e)
+        ))
+        .with_help("check the template parameters; `deployer plan -v` shows what is sent"));
+    }
+    let started = Instant::now();
+    let mut poll = wait.min_poll;
+    loop {
+        let d = cfn
+            .describe_change_set()
+            .stack_name(&spec.name)
+            .change_set_name(&name)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "describe change set for {}: {}",
+                    spec.name,
+                    describe_err(&e)
+                ))
+            })?;
+        match d.status() {
+            Some(ChangeSetStatus::CreateComplete) => {
+                let changes = d
+                    .changes()
+                    .iter()
+                    .filter_map(|c| c.resource_change())
+                    .map(|rc| ResourceChange {
+                        action: rc
+                            .action()
+                            .map(|a| a.as_str().to_string())
+                            .unwrap_or_default(),
+                        logical_id: rc.logical_resource_id().unwrap_or_default().to_string(),
+                        resource_type: rc.resource_type().unwrap_or_default().to_string(),
+                        replacement: rc.replacement().map(|r| r.as_str().to_string()),
+                    })
+                    .collect();
+                return Ok(Some(ChangeSet { name, changes }));
+            }
+            Some(ChangeSetStatus::Failed) => {
+                let reason = d.status_reason().unwrap_or_default().to_string();
+                delete_change_set(cfn, &spec.name, &name).await;
+                if is_empty_change_set_reason(&reason) {
+                    return Ok(None);
+                }
+                return Err(Error::failure(format!(
+                    "change set for {} failed: {reason}",
+                    spec.name
+                )));
+            }
+            _ => {}
+        }
+        if started.elapsed() > wait.timeout {
+            return Err(Error::timeout(format!(
+                "change set for {} not ready after {:?}",
+                spec.name, wait.timeout
+            )));
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(wait.max_poll);
+    }
+}
+
+async fn delete_change_set(cfn: &Client, stack: &str, name: &str) {
+    // Best effort: a leftover change set is harmless and expires with the next apply.
+    let _ = cfn
+        .delete_change_set()
+        .stack_name(stack)
+        .change_set_name(name)
+        .send()
+        .await;
+}
+
+/// Bring one stack to `spec`: create, update, recreate after a failed create, or nothing.
+pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Result<Applied> {
+    let mut live = describe(cfn, &spec.name).await?;
+    // Another operation may be running on the stack (a concurrent deploy, a rollback).
+    if let Some(l) = &live
+        && l.status.ends_with("_IN_PROGRESS")
+        && l.status != "REVIEW_IN_PROGRESS"
+    {
+        let sp = ui.spinner(format!("{}: waiting for {} to finish", spec.name, l.status));
+        wait_settled(cfn, &spec.name, Op::Observe, wait, &sp).await?;
+        sp.finish(format!("{}: settled", spec.name));
+        live = describe(cfn, &spec.name).await?;
+    }
+    let mut recreated = false;
+    if let Some(l) = &live {
+        match l.status.as_str() {
+            "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" => {
+                ui.step(format!(
+                    "{}: left in {} by an earlier failed create; deleting it to create it again",
+                    spec.name, l.status
+                ));
+                delete(cfn, &spec.name, wait, ui).await?;
+                live = None;
+                recreated = true;
+            }
+            "UPDATE_ROLLBACK_FAILED" => {
+                return Err(Error::failure(format!("{} is in UPDATE_ROLLBACK_FAILED", spec.name)).with_help(format!(
+                    "fix the resource that blocks the rollback, then run `aws cloudformation continue-update-rollback --stack-name {}`",
+                    spec.name
+                )));
+            }
+            "DELETE_FAILED" => {
+                return Err(Error::failure(format!("{} is in DELETE_FAILED", spec.name))
+                    .with_help(
+                        "run `deployer destroy` again, or delete the remaining resources by hand",
+                    ));
+            }
+            _ => {}
+        }
+    }
+    let creating = live.is_none()
+        || live
+            .as_ref()
+            .is_some_and(|l| l.status == "REVIEW_IN_PROGRESS");
+    if let Some(l) = &live
+        && !creating
+        && is_current(cfn, spec, l, ui).await?
+    {
+        ui.detail(format!("{}: up to date", spec.name));
+        return Ok(Applied {
+            stack: spec.name.clone(),
+            action: ApplyAction::Unchanged,
+            outputs: l.outputs.clone(),
+        });
+    }
+    let kind = if creating {
+        ChangeSetType::Create
+    } else {
+        ChangeSetType::Update
+    };
+    let Some(cs) = create_change_set(cfn, spec, kind, wait).await? else {
+        ui.step(format!("{}: no changes", spec.name));
+        let outputs = live.map(|l| l.outputs).unwrap_or_default();
+        return Ok(Applied {
+            stack: spec.name.clone(),
+            action: ApplyAction::Unchanged,
+            outputs,
+        });
+    };
+    let verb = if creating { "creating" } else { "updating" };
+    let sp = ui.spinner(format!(
+        "{}: {verb} ({} changes)",
+        spec.name,
+        cs.changes.len()
+    ));
+    let since = aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());
+    cfn.execute_change_set()
+        .stack_name(&spec.name)
+        .change_set_name(&cs.name)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::failure(format!(
+                "execute change set for {}: {}",
+                spec.name,
+                describe_err(&e)
+            ))
+        })?;
+    let op = if creating { Op::Create } else { Op::Update };
+    let status = wait_settled_from(cfn, &spec.name, op, wait, &sp, Some(since)).await?;
+    let ok = if creating {
+        "CREATE_COMPLETE"
+    } else {
+        "UPDATE_COMPLETE"
+    };
+    if status != ok {
+        sp.finish(format!("{}: {status}", spec.name));
+        let cause = first_failure(cfn, &spec.name, since).await;
+        return Err(
+            Error::failure(format!("{} ended in {status}{cause}", spec.name))
+                .with_help("fix the cause above and run `deployer up` again"),
+        );
+    }
+    sp.finish(format!(
+        "{}: {}",
+        spec.name,
+        if creating { "created" } else { "updated" }
+    ));
+    let outputs = describe(cfn, &spec.name)
+        .await?
+        .map(|l| l.outputs)
+        .unwrap_or_default();
+    let action = match (creating, recreated) {
+        (true, true) => ApplyAction::Recreated,
+        (true, false) => ApplyAction::Created,
+        _ => ApplyAction::Updated,
+    };
+    Ok(Applied {
+        stack: spec.name.clone(),
+        action,
+        outputs,
+    })
+}
+
+/// Delete a stack and wait until it is gone. A stack that does not exist is success.
+pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()> {
+    let Some(_) = describe(cfn, name).await? else {
+        return Ok(());
+    };
+    let since = aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());
+    if let Err(e) = cfn.delete_stack().stack_name(name).send().await {
+        // moto deletes synchronously and can report a resource's failure while the stack is
+        // gone anyway; the goal (no stack) is what counts, so check before failing.
+        if describe(cfn, name).await?.is_some() {
+            return Err(Error::failure(format!(
+                "delete stack {name}: {}",
+                describe_err(&e)
+            )));
+        }
+        ui.warn(format!(
+            "{name}: deleted, but CloudFormation reported: {}",
+            describe_err(&e)
+        ));
+        return Ok(());
+    }
+    let sp = ui.spinner(format!("{name}: deleting"));
+    let status = wait_settled_from(cfn, name, Op::Delete, wait, &sp, Some(since)).await?;
+    if status != "DELETE_COMPLETE" {
+        sp.finish(format!("{name}: {status}"));
+        let cause = first_failure(cfn, name, since).await;
+        return Err(Error::failure(format!("{name} ended in {status}{cause}")));
+    }
+    sp.finish(format!("{name}: deleted"));
+    Ok(())
+}
+
+#[cfg(test)]
+#[test]
+fn list_parameters_read_the_same_from_aws_and_moto() {
+    assert_eq!(list_value("['subnet-1', 'subnet-2']"), "subnet-1,subnet-2");
+    assert_eq!(list_value("subnet-1,subnet-2"), "subnet-1,subnet-2");
+    assert_eq!(list_value("[]"), "");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Create,
+    Update,
+    Delete,
+    /// Someone else's operation: wait, never cancel.
+    Observe,
+}
+
+async fn wait_settled(
+    cfn: &Client,
+    name: &str,
+    op: Op,
+    wait: Wait,
+    sp: &Spinner,
+) -> Result<String> {
+    wait_settled_from(cfn, name, op, wait, sp, None).await
+}
+
+/// Poll until the stack leaves *_IN_PROGRESS, printing new events. Returns the final status
+/// ("DELETE_COMPLETE" once a deleted stack is gone). Ctrl-C cancels our own create (delete)
+/// or update (cancel-update-stack) and reports the state left behind.
+async fn wait_settled_from(
+    cfn: &Client,
+    name: &str,
+    op: Op,
+    wait: Wait,
+    sp: &Spinner,
+    since: Option<aws_sdk_cloudformation::primitives::DateTime>,
+) -> Result<String> {
+    let started = Instant::now();
+    let mut poll = wait.min_poll;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut interrupted = interrupt::subscribe();
+    loop {
+        if let Some(since) = since {
+            for line in new_events(cfn, name, since, &mut seen).await {
+                sp.println(line);
+            }
+        }
+        let status = match describe(cfn, name).await? {
+            None => return Ok("DELETE_COMPLETE".into()),
+            Some(l) => l.status,
+        };
+        sp.set_message(format!("{name}: {status}"));
+        if !status.ends_with("_IN_PROGRESS") || status == "REVIEW_IN_PROGRESS" {
+            return Ok(status);
+        }
+        if started.elapsed() > wait.timeout {
+            return Err(Error::timeout(format!(
+                "{name} still {status} after {}s; it keeps going in CloudFormation",
+                wait.timeout.as_secs()
+            ))
+            .with_help("raise --timeout, or watch it with `deployer status`"));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = interrupted.changed() => return Err(cancel(cfn, name, op, wait, sp).await),
+        }
+        poll = (poll * 2).min(wait.max_poll);
+    }
+}
+
+/// Undo our own in-flight operation after Ctrl-C and say what state it left.
+async fn cancel(cfn: &Client, name: &str, op: Op, wait: Wait, sp: &Spinner) -> Error {
+    let left = match op {
+        Op::Create => {
+            sp.println(format!(
+                "{name}: interrupted during create; deleting the stack"
+            ));
+            match cfn.delete_stack().stack_name(name).send().await {
+                Ok(_) => match wait_quiet(cfn, name, wait).await {
+                    Some(s) => format!("deletion ended in {s}"),
+                    None => "deleted".into(),
+                },
+                Err(e) => format!(
+                    "could not delete it ({}); delete it by hand",
+                    describe_err(&e)
+                ),
+            }
+        }
+        Op::Update => {
+            sp.println(format!(
+                "{name}: interrupted during update; cancelling the update"
+            ));
+            match cfn.cancel_update_stack().stack_name(name).send().await {
+                Ok(_) => match wait_quiet(cfn, name, wait).await {
+                    Some(s) => format!("update cancelled; stack is {s}"),
+                    None => "stack is gone".into(),
+                },
+                Err(e) => format!("could not cancel the update ({})", describe_err(&e)),
+            }
+        }
+        Op::Delete | Op::Observe => {
+            "left as it was; the operation continues in CloudFormation".into()
+        }
+    };
+    Error::new(
+        ExitCode::Interrupted,
+        format!("interrupted: {name}: {left}"),
+    )
+}
+
+/// Wait without events or cancellation (used while cleaning up after Ctrl-C).
+/// `None` when the stack no longer exists.
+async fn wait_quiet(cfn: &Client, name: &str, wait: Wait) -> Option<String> {
+    let started = Instant::now();
+    loop {
+        match describe(cfn, name).await {
+            Ok(None) => return None,
+            Ok(Some(l)) if !l.status.ends_with("_IN_PROGRESS") => return Some(l.status),
+            Ok(Some(l)) if started.elapsed() > wait.timeout => return Some(l.status),
+            Err(e) => return Some(format!("unknown ({e})")),
+            _ => tokio::time::sleep(wait.min_poll).await,
+        }
+    }
+}
+
+/// Events after `since` not printed yet, oldest first.
+async fn new_events(
+    cfn: &Client,
+    name: &str,
+    since: aws_sdk_cloudformation::primitives::DateTime,
+    seen: &mut HashSet<String>,
+) -> Vec<String> {
+    let Ok(out) = cfn.describe_stack_events().stack_name(name).send().await else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for ev in out.stack_events().iter().rev() {
+        let Some(id) = ev.event_id() else { continue };
+        if ev.timestamp().is_some_and(|t| t.secs() < since.secs()) || !seen.insert(id.to_string()) {
+            continue;
+        }
+        let status = ev.resource_status().map(|s| s.as_str()).unwrap_or_default();
+        let mut line = format!(
+            "  {name} {} {} {status}",
+            ev.logical_resource_id().unwrap_or_default(),
+            ev.resource_type().unwrap_or_default()
+        );
+        if let Some(r) = ev.resource_status_reason() {
+            line.push_str(&format!(": {r}"));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// ": <resource> <status>: <reason>" for the first failed resource event after `since`.
+async fn first_failure(
+    cfn: &Client,
+    name: &str,
+    since: aws_sdk_cloudformation::primitives::DateTime,
+) -> String {
+    let Ok(out) = cfn.describe_stack_events().stack_name(name).send().await else {
+        return String::new();
+    };
+    out.stack_events()
+        .iter()
+        .rev()
+        .filter(|e| e.timestamp().is_none_or(|t| t.secs() >= since.secs()))
+        .find(|e| {
+            e.resource_status()
+                .is_some_and(|s| s.as_str().ends_with("_FAILED"))
+                && e.logical_resource_id() != Some(name)
+        })
+        .map(|e| {
+            format!(
+                ": {} ({}) {}: {}",
+                e.logical_resource_id().unwrap_or_default(),
+                e.resource_type().unwrap_or_default(),
+                e.resource_status().map(|s| s.as_str()).unwrap_or_default(),
+                e.resource_status_reason().unwrap_or("no reason given")
+            )
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,110 @@
+//! `status`: stacks and their states, per service desired/running, revision and image.
+
+use crate::config::{Config, StackPart};
+use crate::deploy::network_spec;
+use crate::error::Result;
+use crate::rollout::{taskdef, track};
+use crate::stacks;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StackState {
+    pub stack: String,
+    /// CloudFormation status, or "NOT_FOUND".
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub status: String,
+    pub desired: i32,
+    pub running: i32,
+    pub pending: i32,
+    pub rollout: String,
+    pub task_definition: String,
+    pub revision: Option<i32>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub project: String,
+    pub stacks: Vec<StackState>,
+    pub services: Vec<ServiceStatus>,
+}
+
+pub fn stack_names(c: &Config) -> Vec<String> {
+    let mut names = vec![c.stack_name(StackPart::Registry)];
+    names.extend(network_spec(c).map(|s| s.name));
+    names.push(c.stack_name(StackPart::Cluster));
+    names.extend(
+        c.services
+            .keys()
+            .map(|s| c.stack_name(StackPart::Service(s))),
+    );
+    names
+}
+
+pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport> {
+    let lives = futures::future::join_all(stack_names(c).into_iter().map(|n| async move {
+        let live = stacks::describe(&cl.cfn, &n).await;
+        (n, live)
+    }))
+    .await;
+    let mut stacks_out = Vec::new();
+    let mut cluster_name = c.project.clone();
+    for (name, live) in lives {
+        let live = live?;
+        if name == c.stack_name(StackPart::Cluster)
+            && let Some(n) = live.as_ref().and_then(|l| l.outputs.get("ClusterName"))
+        {
+            cluster_name = n.clone();
+        }
+        stacks_out.push(StackState {
+            stack: name,
+            status: live.map(|l| l.status).unwrap_or_else(|| "NOT_FOUND".into()),
+        });
+    }
+    let mut services = Vec::new();
+    for name in c.services.keys() {
+        // An error here means no cluster yet: nothing deployed.
+        let state = track::describe(&cl.ecs, &cluster_name, name)
+            .await
+            .unwrap_or_default();
+        let Some(state) = state else {
+            services.push(ServiceStatus {
+                service: name.clone(),
+                status: "NOT_FOUND".into(),
+                desired: 0,
+                running: 0,
+                pending: 0,
+                rollout: String::new(),
+                task_definition: String::new(),
+                revision: None,
+                image: None,
+            });
+            continue;
+        };
+        let td = taskdef::latest(&cl.ecs, &state.task_definition)
+            .await
+            .ok()
+            .flatten();
+        services.push(ServiceStatus {
+            service: name.clone(),
+            status: state.status,
+            desired: state.desired,
+            running: state.running,
+            pending: state.pending,
+            rollout: state.rollout,
+            revision: td.as_ref().map(|t| t.revision),
+            image: td.and_then(|t| t.def.container_definitions.first().map(|c| c.image.clone())),
+            task_definition: state.task_definition,
+        });
+    }
+    Ok(StatusReport {
+        project: c.project.clone(),
+        stacks: stacks_out,
+        services,
+    })
+}

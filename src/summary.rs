@@ -1,0 +1,227 @@
+//! Deployment summaries: human text (stdout), Markdown (job summary, `<out>/summary.md`)
+//! and GitHub Actions outputs. One report struct feeds all of them; `--json` serialises it.
+
+use crate::deploy::{PlanReport, UpReport};
+use crate::destroy::DestroyReport;
+use crate::stacks::{ApplyAction, StackPlan};
+use crate::status::StatusReport;
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn action(a: ApplyAction) -> &'static str {
+    match a {
+        ApplyAction::Created => "created",
+        ApplyAction::Updated => "updated",
+        ApplyAction::Recreated => "recreated",
+        ApplyAction::Unchanged => "unchanged",
+    }
+}
+
+pub fn up_text(r: &UpReport) -> String {
+    let mut s = String::new();
+    if r.unchanged {
+        let _ = writeln!(
+            s,
+            "{}: nothing to change (account {}, {})",
+            r.project, r.account, r.region
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "{}: deployed (account {}, {})",
+            r.project, r.account, r.region
+        );
+    }
+    for st in &r.stacks {
+        let _ = writeln!(s, "  stack   {:<32} {}", st.stack, action(st.action));
+    }
+    for i in &r.images {
+        let how = if i.image.skipped_push {
+            "already in registry"
+        } else {
+            "pushed"
+        };
+        let _ = writeln!(
+            s,
+            "  image   {:<32} {} ({how})",
+            i.service, i.image.image_uri
+        );
+    }
+    for sv in &r.services {
+        let state = sv
+            .state
+            .as_ref()
+            .map(|st| format!("{}/{} running, {}", st.running, st.desired, st.rollout))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  service {:<32} revision {}{} {state}\n          image {}",
+            sv.service,
+            sv.revision,
+            if sv.registered { " (new)" } else { "" },
+            sv.image
+        );
+    }
+    s
+}
+
+pub fn up_markdown(r: &UpReport) -> String {
+    let mut s = format!(
+        "## deployer up: {}\n\n{} in account `{}`, region `{}`.\n\n| stack | action |\n|---|---|\n",
+        r.project,
+        if r.unchanged {
+            "Nothing to change"
+        } else {
+            "Deployed"
+        },
+        r.account,
+        r.region
+    );
+    for st in &r.stacks {
+        let _ = writeln!(s, "| `{}` | {} |", st.stack, action(st.action));
+    }
+    s.push_str("\n| service | revision | image | running |\n|---|---|---|---|\n");
+    for sv in &r.services {
+        let running = sv
+            .state
+            .as_ref()
+            .map(|st| format!("{}/{}", st.running, st.desired))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | `{}` | {running} |",
+            sv.service, sv.revision, sv.image
+        );
+    }
+    s
+}
+
+/// `key=value` lines for `$GITHUB_OUTPUT`.
+pub fn up_outputs(r: &UpReport) -> String {
+    let mut s = format!("changed={}\n", !r.unchanged);
+    for sv in &r.services {
+        let _ = writeln!(s, "{}-image={}", sv.service, sv.image);
+        let _ = writeln!(
+            s,
+            "{}-task-definition-arn={}",
+            sv.service, sv.task_definition_arn
+        );
+    }
+    if let [only] = r.services.as_slice() {
+        let _ = writeln!(
+            s,
+            "image={}\ntask-definition-arn={}",
+            only.image, only.task_definition_arn
+        );
+    }
+    s
+}
+
+/// Append to a file named by an environment variable (GitHub's job summary and outputs).
+pub fn append_env_file(var: &str, text: &str) {
+    if let Some(path) = std::env::var_os(var) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&path))
+        {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
+}
+
+pub fn plan_text(r: &PlanReport) -> String {
+    let mut s = String::new();
+    for p in &r.stacks {
+        let (verb, stack, changes) = match p {
+            StackPlan::Create { stack, changes } => ("create", stack, changes.as_slice()),
+            StackPlan::Recreate { stack, changes } => (
+                "recreate (failed earlier create)",
+                stack,
+                changes.as_slice(),
+            ),
+            StackPlan::Update { stack, changes } => ("update", stack, changes.as_slice()),
+            StackPlan::NoChange { stack } => ("no change", stack, &[][..]),
+        };
+        let _ = writeln!(s, "{stack}: {verb}");
+        for c in changes {
+            let repl = c
+                .replacement
+                .as_deref()
+                .filter(|r| *r == "True")
+                .map(|_| " (replacement)")
+                .unwrap_or("");
+            let _ = writeln!(
+                s,
+                "  {:<7} {} {}{repl}",
+                c.action, c.logical_id, c.resource_type
+            );
+        }
+    }
+    for t in &r.task_definitions {
+        let _ = writeln!(s, "task definition {}: {}", t.family, t.action);
+        for d in &t.differences {
+            let _ = writeln!(s, "  {d}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{}",
+        if r.changes {
+            "changes pending: run `deployer up` to apply"
+        } else {
+            "no changes"
+        }
+    );
+    s
+}
+
+pub fn status_text(r: &StatusReport) -> String {
+    let mut s = String::new();
+    for st in &r.stacks {
+        let _ = writeln!(s, "stack   {:<32} {}", st.stack, st.status);
+    }
+    for sv in &r.services {
+        let _ = writeln!(
+            s,
+            "service {:<32} {} {}/{} running ({} pending) rollout {} revision {} image {}",
+            sv.service,
+            sv.status,
+            sv.running,
+            sv.desired,
+            sv.pending,
+            if sv.rollout.is_empty() {
+                "-"
+            } else {
+                &sv.rollout
+            },
+            sv.revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
+            sv.image.as_deref().unwrap_or("-")
+        );
+    }
+    s
+}
+
+pub fn destroy_text(r: &DestroyReport) -> String {
+    let mut s = format!("{}: destroyed\n", r.project);
+    for st in &r.deleted_stacks {
+        let _ = writeln!(s, "  deleted stack {st}");
+    }
+    if r.deregistered_task_definitions > 0 {
+        let _ = writeln!(
+            s,
+            "  deregistered {} task definition revision(s)",
+            r.deregistered_task_definitions
+        );
+    }
+    if r.deleted_images > 0 {
+        let _ = writeln!(s, "  deleted {} image(s)", r.deleted_images);
+    }
+    for p in &r.deleted_parameters {
+        let _ = writeln!(s, "  deleted SSM parameter {p}");
+    }
+    s
+}

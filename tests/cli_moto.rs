@@ -1,0 +1,484 @@
+//! The real `deployer` binary against moto (started by scripts/test.sh, with the change-set
+//! patch in scripts/moto_server.py). Each test uses its own project name: moto's state is shared.
+
+use deployer::aws::{Clients, Target};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const SECRET_VALUE: &str = "sk-test-9f8e7d6c5b4a-never-print-me";
+
+fn moto_url() -> String {
+    std::env::var("DEPLOYER_TEST_MOTO_URL").expect(
+        "DEPLOYER_TEST_MOTO_URL is not set: run the suite with scripts/test.sh (it starts moto)",
+    )
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(name: &str, services_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "project: {name}\nregion: us-east-1\ndata_lake: {{bucket: lake-{name}, prefix: crypto/}}\nservices:\n{services_yaml}"
+        );
+        std::fs::write(dir.path().join("deployer.yaml"), text).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
+            .args(args)
+            .current_dir(self.path())
+            .env("AWS_ENDPOINT_URL", moto_url())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("PRICE_API_KEY", SECRET_VALUE)
+            .env_remove("AWS_PROFILE")
+            .env_remove("DEPLOYER_CONFIG")
+            .output()
+            .expect("run deployer");
+        Run::from(out)
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+    fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            !self.stdout.contains(SECRET_VALUE) && !self.stderr.contains(SECRET_VALUE),
+            "secret value printed"
+        );
+        self
+    }
+}
+
+const SERVICE: &str = "  flow:\n    image: IMAGE\n    secrets: [PRICE_API_KEY]\n    environment: {SINK_URL: 's3://lake/crypto/'}\n";
+
+fn service_yaml() -> String {
+    SERVICE.replace("IMAGE", IMAGE)
+}
+
+async fn clients() -> Clients {
+    Clients::new(&Target {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto_url()),
+        max_attempts: Some(1),
+        ..Target::default()
+    })
+    .await
+    .expect("clients")
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn up_noop_plan_change_status_destroy() {
+    let p = Project::new("it-lifecycle", &service_yaml());
+
+    // 1. From nothing: every stack created, a first revision registered, the secret stored.
+    let first = p.run(&["up", "--image", IMAGE, "--json"]).expect(0).json();
+    let actions: Vec<(&str, &str)> = first["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stack"].as_str().unwrap(), s["action"].as_str().unwrap()))
+        .collect();
+    for stack in [
+        "it-lifecycle-registry",
+        "it-lifecycle-network",
+        "it-lifecycle-cluster",
+        "it-lifecycle-svc-flow",
+    ] {
+        assert!(
+            actions.contains(&(stack, "created")),
+            "{stack} not created: {actions:?}"
+        );
+    }
+    assert_eq!(first["services"][0]["revision"], 1);
+    assert_eq!(first["services"][0]["image"], IMAGE);
+    assert_eq!(first["secrets"][0]["action"], "created");
+    assert_eq!(first["unchanged"], false);
+
+    // The artifact names the secret by ARN, never by value.
+    let artifact =
+        std::fs::read_to_string(p.path().join(".deployer/flow/task-definition.json")).unwrap();
+    let td: Value = serde_json::from_str(&artifact).unwrap();
+    assert_eq!(
+        td["containerDefinitions"][0]["secrets"][0]["valueFrom"],
+        "arn:aws:ssm:us-east-1:123456789012:parameter/it-lifecycle/flow/PRICE_API_KEY"
+    );
+    for f in files_under(p.path()) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        assert!(
+            !text.contains(SECRET_VALUE),
+            "secret value in {}",
+            f.display()
+        );
+    }
+    let cl = clients().await;
+    let stored = cl
+        .ssm
+        .get_parameter()
+        .name("/it-lifecycle/flow/PRICE_API_KEY")
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.parameter().unwrap().value(), Some(SECRET_VALUE));
+    assert_eq!(
+        stored.parameter().unwrap().r#type().map(|t| t.as_str()),
+        Some("SecureString")
+    );
+
+    // 2. Again: nothing to change, and not one mutating API call.
+    let second = p.run(&["up", "--json"]).expect(0).json();
+    assert_eq!(second["unchanged"], true, "{second:#}");
+    assert!(
+        second["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["action"] == "unchanged")
+    );
+    assert_eq!(
+        second["api_calls"]["mutating"],
+        serde_json::json!({}),
+        "{:#}",
+        second["api_calls"]
+    );
+    assert_eq!(second["services"][0]["revision"], 1);
+
+    // 3. plan --exit-code: 0 without changes, 2 with a cpu change; nothing applied by plan.
+    p.run(&["plan", "--exit-code"]).expect(0);
+    let planned = p
+        .run(&[
+            "plan",
+            "--exit-code",
+            "--cpu",
+            "512",
+            "--memory",
+            "1024",
+            "--json",
+        ])
+        .expect(2)
+        .json();
+    assert_eq!(planned["changes"], true);
+    assert_eq!(planned["task_definitions"][0]["action"], "register");
+    let diffs = planned["task_definitions"][0]["differences"].to_string();
+    assert!(diffs.contains("cpu: \\\"256\\\" -> \\\"512\\\""), "{diffs}");
+    p.run(&["plan", "--exit-code"]).expect(0);
+
+    // 4. up applies the cpu change as a new revision; then there is nothing left to plan.
+    let third = p
+        .run(&["up", "--cpu", "512", "--memory", "1024", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(third["services"][0]["revision"], 2);
+    assert_eq!(third["services"][0]["registered"], true);
+    let svc_stack = third["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stack"] == "it-lifecycle-svc-flow")
+        .unwrap()
+        .clone();
+    assert_eq!(svc_stack["action"], "updated");
+    p.run(&["plan", "--exit-code", "--cpu", "512", "--memory", "1024"])
+        .expect(0);
+
+    // 5. status: stacks, desired/running, revision, image.
+    let status = p.run(&["status", "--json"]).expect(0).json();
+    assert!(
+        status["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"].as_str().unwrap().ends_with("_COMPLETE")),
+        "{status:#}"
+    );
+    assert_eq!(status["services"][0]["revision"], 2);
+    assert_eq!(status["services"][0]["desired"], 1);
+    assert_eq!(status["services"][0]["image"], IMAGE);
+    let text = p.run(&["status"]).expect(0).stdout;
+    assert!(
+        text.contains("it-lifecycle-svc-flow") && text.contains("revision 2"),
+        "{text}"
+    );
+
+    // 6. destroy: refuses without --yes off a TTY, deleting nothing.
+    let refused = p.run(&["destroy"]).expect(2);
+    assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
+    assert!(
+        cl.cfn
+            .describe_stacks()
+            .stack_name("it-lifecycle-svc-flow")
+            .send()
+            .await
+            .is_ok()
+    );
+
+    // 7. destroy --yes leaves no stack, repository, parameter or active task definition.
+    let gone = p.run(&["destroy", "--yes", "--json"]).expect(0).json();
+    assert_eq!(
+        gone["deleted_parameters"][0],
+        "/it-lifecycle/flow/PRICE_API_KEY"
+    );
+    for stack in [
+        "it-lifecycle-svc-flow",
+        "it-lifecycle-cluster",
+        "it-lifecycle-network",
+        "it-lifecycle-registry",
+    ] {
+        let d = cl.cfn.describe_stacks().stack_name(stack).send().await;
+        // Gone, or listed only as DELETE_COMPLETE (as CloudFormation does by stack id).
+        let status = d.ok().and_then(|o| {
+            o.stacks()
+                .first()
+                .and_then(|s| s.stack_status().map(|s| s.as_str().to_string()))
+        });
+        assert!(
+            status.is_none() || status.as_deref() == Some("DELETE_COMPLETE"),
+            "{stack}: {status:?}"
+        );
+    }
+    assert!(
+        cl.ecr
+            .describe_repositories()
+            .repository_names("it-lifecycle")
+            .send()
+            .await
+            .is_err(),
+        "repository left"
+    );
+    assert!(
+        cl.ssm
+            .get_parameter()
+            .name("/it-lifecycle/flow/PRICE_API_KEY")
+            .send()
+            .await
+            .is_err(),
+        "parameter left"
+    );
+    let tds = cl
+        .ecs
+        .list_task_definitions()
+        .family_prefix("it-lifecycle-flow")
+        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tds.task_definition_arns().is_empty(),
+        "{:?}",
+        tds.task_definition_arns()
+    );
+    let after = p.run(&["status", "--json"]).expect(0).json();
+    assert!(
+        after["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "NOT_FOUND"),
+        "{after:#}"
+    );
+}
+
+#[tokio::test]
+async fn destroy_refuses_a_stack_without_the_deployer_tags() {
+    let p = Project::new("it-foreign", &service_yaml());
+    let cl = clients().await;
+    // Someone else's stack with the name the deployer would use for the registry.
+    cl.cfn
+        .create_stack()
+        .stack_name("it-foreign-registry")
+        .template_body("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n")
+        .send()
+        .await
+        .unwrap();
+    let r = p.run(&["destroy", "--yes"]).expect(1);
+    assert!(
+        r.stderr.contains("refusing to destroy") && r.stderr.contains("it-foreign-registry"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        cl.cfn
+            .describe_stacks()
+            .stack_name("it-foreign-registry")
+            .send()
+            .await
+            .is_ok(),
+        "foreign stack deleted"
+    );
+}
+
+#[tokio::test]
+async fn missing_secret_value_aborts_before_any_change() {
+    let p = Project::new(
+        "it-nosecret",
+        "  flow:\n    image: repo@sha256:1\n    secrets: [NOT_SET_ANYWHERE_XYZ]\n",
+    );
+    let r = p.run(&["up"]).expect(2);
+    assert!(
+        r.stderr.contains("NOT_SET_ANYWHERE_XYZ") && r.stderr.contains("services.flow.secrets"),
+        "{}",
+        r.stderr
+    );
+    let cl = clients().await;
+    assert!(
+        cl.cfn
+            .describe_stacks()
+            .stack_name("it-nosecret-registry")
+            .send()
+            .await
+            .is_err(),
+        "a stack was created"
+    );
+}
+
+#[test]
+fn bad_configs_exit_2_naming_file_and_key() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    cpu: 300\n",
+            &["deployer.yaml", "services.web.cpu", "256, 512"],
+        ),
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    cpu: 256\n    memory: 4096\n",
+            &["services.web.memory", "allowed: 512, 1024, 2048"],
+        ),
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    replicas: 2\n",
+            &["services.web", "unknown field `replicas`"],
+        ),
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    desired_count: many\n",
+            &["services.web.desired_count"],
+        ),
+        (
+            "project: x\nnetwork:\n  subnet_cidrs: [10.0.0.0/24]\nservices:\n  web:\n    image: i\n",
+            &["network.subnet_cidrs", "exactly 2"],
+        ),
+        (
+            "project: Bad_Name\nservices:\n  web:\n    image: i\n",
+            &["project:", "lowercase"],
+        ),
+        (
+            "project: x\nservices:\n  web: {}\n",
+            &["services.web", "no image source"],
+        ),
+        ("project: x\nservices: [\n", &["invalid YAML"]),
+    ];
+    for (yaml, needles) in cases {
+        let p = Project::new("unused", "");
+        std::fs::write(p.path().join("deployer.yaml"), yaml).unwrap();
+        for cmd in [&["plan"][..], &["up", "--json"][..]] {
+            let r = p.run(cmd);
+            assert_eq!(r.code, 2, "{yaml}\n{}", r.stderr);
+            for n in *needles {
+                assert!(
+                    r.stderr.contains(n),
+                    "`{n}` missing for\n{yaml}\nstderr: {}",
+                    r.stderr
+                );
+            }
+            assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        }
+        // --json still prints one JSON object on stdout, naming the error.
+        let r = p.run(&["up", "--json"]);
+        assert_eq!(r.json()["exit_code"], 2);
+    }
+    // Overrides are validated like the file.
+    let p = Project::new("unused", &service_yaml());
+    let r = p.run(&["plan", "--memory", "3000"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("services.flow.memory: 3000"),
+        "{}",
+        r.stderr
+    );
+    let r = p.run(&["plan", "--set", "services.flow.stop_timeout=900"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("services.flow.stop_timeout: 900"),
+        "{}",
+        r.stderr
+    );
+    // A missing file says how to make one.
+    let r = p.run(&["plan", "--config", "nope.yaml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("nope.yaml") && r.stderr.contains("deployer init"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn init_writes_a_valid_starter_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Run::from(
+            Command::new(env!("CARGO_BIN_EXE_deployer"))
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap(),
+        )
+    };
+    run(&["init"]).expect(0);
+    let text = std::fs::read_to_string(dir.path().join("deployer.yaml")).unwrap();
+    assert!(text.contains("# "), "starter is commented");
+    deployer::config::parse(&text, Path::new("deployer.yaml"), &[]).expect("starter parses");
+    let again = run(&["init"]).expect(2);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    run(&["init", "--force"]).expect(0);
+}
