@@ -78,6 +78,16 @@ pub enum Command {
         #[command(flatten)]
         image: ImageFlags,
     },
+    /// Roll new images and task definitions onto the infrastructure `up` created, and wait.
+    Redeploy {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Write the deployment summary and task-definition.json artifacts here.
+        #[arg(long, default_value = ".deployer")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        image: ImageFlags,
+    },
     /// Build each service's image (and push it with --push).
     Build {
         #[command(flatten)]

@@ -1,4 +1,4 @@
-//! `up` and `plan`: settings + live state -> stack specs -> apply (or plan) in dependency order.
+//! `up`, `redeploy` and `plan`: settings + live state -> stack specs -> apply (or plan) in dependency order.
 //!
 //!   registry ──> images (build + push) ─┐
 //!   network ────────────────────────────┼──> secrets ──> per service: task definition ──> service stack ──> rollout
@@ -230,8 +230,49 @@ pub async fn build_images(
     Ok(out)
 }
 
-/// Everything `up` does, in order; see the module comment.
-pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path) -> Result<UpReport> {
+/// `up` applies every stack; `redeploy` only rolls images and services onto the infrastructure
+/// an earlier `up` created (faster, and it cannot change the network or cluster by accident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Redeploy,
+}
+
+/// For `redeploy`: an infrastructure stack must already exist, be healthy and be ours.
+async fn existing(
+    cfn: &aws_sdk_cloudformation::Client,
+    spec: &StackSpec,
+    project: &str,
+) -> Result<Applied> {
+    let fix = "run `deployer up` first: redeploy only rolls images and services onto existing infrastructure";
+    let live = stacks::describe(cfn, &spec.name).await?.ok_or_else(|| {
+        Error::bad_input(format!("stack {} does not exist", spec.name)).with_help(fix)
+    })?;
+    if !stacks::owned_by(&live.tags, project) {
+        return Err(Error::bad_input(format!(
+            "stack {} exists but is not tagged as the deployer's for project {project}",
+            spec.name
+        ))
+        .with_help("pick another `project` name, or delete the foreign stack"));
+    }
+    let healthy = matches!(
+        live.status.as_str(),
+        "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "UPDATE_ROLLBACK_COMPLETE" | "IMPORT_COMPLETE"
+    );
+    if !healthy {
+        return Err(
+            Error::failure(format!("stack {} is {}", spec.name, live.status)).with_help(fix),
+        );
+    }
+    Ok(Applied {
+        stack: spec.name.clone(),
+        action: ApplyAction::Unchanged,
+        outputs: live.outputs,
+    })
+}
+
+/// Everything `up` (or `redeploy`) does, in order; see the module comment.
+pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Result<UpReport> {
     let c = &ctx.loaded.config;
     let (cl, ui, wait) = (&ctx.clients, &ctx.ui, ctx.wait);
     let identity = aws::identity(&cl.sts).await?;
@@ -245,22 +286,28 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path) -> Result<UpRepor
     let registry = registry_spec(c);
     let cluster = cluster_spec(c);
     let network = network_spec(c);
+    let project = c.project.as_str();
+    let infra = |spec: &StackSpec| {
+        let spec = spec.clone();
+        async move {
+            match mode {
+                Mode::Up => stacks::apply(&cl.cfn, &spec, wait, ui).await,
+                Mode::Redeploy => existing(&cl.cfn, &spec, project).await,
+            }
+        }
+    };
     let registry_and_images = async {
-        let applied = stacks::apply(&cl.cfn, &registry, wait, ui).await?;
+        let applied = infra(&registry).await?;
         let images = build_images(c, &ctx.loaded.dir, &cl.ecr, flags, true, ui).await?;
         Ok::<_, Error>((applied, images))
     };
     let network_fut = async {
         match &network {
-            Some(spec) => stacks::apply(&cl.cfn, spec, wait, ui).await.map(Some),
+            Some(spec) => infra(spec).await.map(Some),
             None => Ok(None),
         }
     };
-    let (reg, net, clu) = tokio::join!(
-        registry_and_images,
-        network_fut,
-        stacks::apply(&cl.cfn, &cluster, wait, ui)
-    );
+    let (reg, net, clu) = tokio::join!(registry_and_images, network_fut, infra(&cluster));
     // Concurrent steps can fail together: show every failure, return the first.
     let failed: Vec<&Error> = [reg.as_ref().err(), net.as_ref().err(), clu.as_ref().err()]
         .into_iter()

@@ -110,7 +110,16 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
             overrides,
             out_dir,
             image,
+        }
+        | Command::Redeploy {
+            overrides,
+            out_dir,
+            image,
         } => {
+            let mode = match &cli.command {
+                Command::Redeploy { .. } => deploy::Mode::Redeploy,
+                _ => deploy::Mode::Up,
+            };
             let loaded = load(g, overrides)?;
             let clients = clients(g, &loaded).await?;
             let ctx = Ctx {
@@ -119,7 +128,7 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 ui: ui.clone(),
                 wait: wait(g),
             };
-            let report = deploy::up(&ctx, image, out_dir).await?;
+            let report = deploy::up(&ctx, image, out_dir, mode).await?;
             let md = summary::up_markdown(&report);
             // The summary file is a convenience; failing to write it must not fail a deploy.
             if let Err(e) = std::fs::write(out_dir.join("summary.md"), &md) {

@@ -482,3 +482,63 @@ fn init_writes_a_valid_starter_and_never_overwrites() {
     assert!(again.stderr.contains("--force"), "{}", again.stderr);
     run(&["init", "--force"]).expect(0);
 }
+
+#[tokio::test]
+async fn redeploy_needs_up_then_rolls_only_images_and_services() {
+    let p = Project::new("it-redeploy", &service_yaml());
+
+    // Before `up`: nothing to redeploy onto; bad input, and nothing created.
+    let refused = p.run(&["redeploy", "--image", IMAGE]).expect(2);
+    assert!(
+        refused.stderr.contains("does not exist") && refused.stderr.contains("deployer up"),
+        "{}",
+        refused.stderr
+    );
+    let cl = clients().await;
+    assert!(
+        cl.cfn
+            .describe_stacks()
+            .stack_name("it-redeploy-registry")
+            .send()
+            .await
+            .is_err(),
+        "redeploy created a stack"
+    );
+
+    p.run(&["up", "--image", IMAGE]).expect(0);
+
+    // A new image: a new revision and a service update; no infrastructure stack is touched.
+    let new_image = IMAGE.replace("sha256:1111", "sha256:2222");
+    let r = p
+        .run(&["redeploy", "--image", &new_image, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["services"][0]["revision"], 2, "{r:#}");
+    assert_eq!(r["services"][0]["image"], new_image.as_str());
+    let by_stack = |name: &str| {
+        r["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stack"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {r:#}"))["action"]
+            .clone()
+    };
+    assert_eq!(by_stack("it-redeploy-svc-flow"), "updated");
+    for infra in [
+        "it-redeploy-registry",
+        "it-redeploy-network",
+        "it-redeploy-cluster",
+    ] {
+        assert_eq!(by_stack(infra), "unchanged");
+    }
+    // Only the service stack's change set was created: infrastructure is read, never planned.
+    let mutating = &r["api_calls"]["mutating"];
+    assert_eq!(
+        mutating["CloudFormation.CreateChangeSet"], 1,
+        "{mutating:#}"
+    );
+    assert_eq!(mutating["ECS.RegisterTaskDefinition"], 1, "{mutating:#}");
+
+    p.run(&["destroy", "--yes"]).expect(0);
+}

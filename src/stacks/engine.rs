@@ -719,3 +719,429 @@ async fn first_failure(
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod fakes {
+    //! Scripted SDK fakes for what moto cannot show: stacks that stay IN_PROGRESS with
+    //! per-resource events, a failed create ending in ROLLBACK_COMPLETE and its recovery,
+    //! the network stack's deletion, deadlines.
+    use super::*;
+    use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
+    use aws_sdk_cloudformation::operation::delete_change_set::DeleteChangeSetOutput;
+    use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
+    use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
+    use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
+    use aws_sdk_cloudformation::operation::describe_stacks::{
+        DescribeStacksError, DescribeStacksOutput,
+    };
+    use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
+    use aws_sdk_cloudformation::operation::get_template::GetTemplateOutput;
+    use aws_sdk_cloudformation::primitives::DateTime;
+    use aws_sdk_cloudformation::types::{
+        Change, ChangeAction, ResourceChange as CfnChange, ResourceStatus, Stack, StackEvent,
+    };
+    use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+    use aws_smithy_types::error::ErrorMetadata;
+
+    const NAME: &str = "demo-network";
+
+    fn fast() -> Wait {
+        Wait {
+            timeout: Duration::from_secs(5),
+            min_poll: Duration::from_millis(1),
+            max_poll: Duration::from_millis(2),
+        }
+    }
+
+    fn spec() -> StackSpec {
+        StackSpec {
+            name: NAME.into(),
+            template: templates::NETWORK,
+            parameters: BTreeMap::from([("Project".to_string(), "demo".to_string())]),
+            tags: super::super::project_tags("demo"),
+        }
+    }
+
+    fn stack(status: StackStatus) -> DescribeStacksOutput {
+        DescribeStacksOutput::builder()
+            .stacks(
+                Stack::builder()
+                    .stack_name(NAME)
+                    .stack_status(status)
+                    .creation_time(DateTime::from_secs(0))
+                    .outputs(
+                        aws_sdk_cloudformation::types::Output::builder()
+                            .output_key("VpcId")
+                            .output_value("vpc-1")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    }
+
+    fn missing() -> DescribeStacksError {
+        DescribeStacksError::generic(
+            ErrorMetadata::builder()
+                .code("ValidationError")
+                .message(format!("Stack with id {NAME} does not exist"))
+                .build(),
+        )
+    }
+
+    fn event(
+        id: &str,
+        logical: &str,
+        ty: &str,
+        status: ResourceStatus,
+        reason: Option<&str>,
+    ) -> StackEvent {
+        StackEvent::builder()
+            .event_id(id)
+            .stack_name(NAME)
+            .logical_resource_id(logical)
+            .resource_type(ty)
+            .resource_status(status)
+            .set_resource_status_reason(reason.map(str::to_string))
+            .timestamp(DateTime::from(
+                std::time::SystemTime::now() + Duration::from_secs(1),
+            ))
+            .build()
+    }
+
+    /// DescribeStackEvents returns newest first.
+    fn events(mut oldest_first: Vec<StackEvent>) -> Rule {
+        oldest_first.reverse();
+        mock!(Client::describe_stack_events).then_compute_output(move |_| {
+            DescribeStackEventsOutput::builder()
+                .set_stack_events(Some(oldest_first.clone()))
+                .build()
+        })
+    }
+
+    fn change_set_rules() -> Vec<Rule> {
+        vec![
+            mock!(Client::create_change_set)
+                .then_output(|| CreateChangeSetOutput::builder().id("cs-1").build()),
+            mock!(Client::describe_change_set).then_output(|| {
+                DescribeChangeSetOutput::builder()
+                    .status(ChangeSetStatus::CreateComplete)
+                    .changes(
+                        Change::builder()
+                            .resource_change(
+                                CfnChange::builder()
+                                    .action(ChangeAction::Add)
+                                    .logical_resource_id("Vpc")
+                                    .resource_type("AWS::EC2::VPC")
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build()
+            }),
+            mock!(Client::execute_change_set)
+                .then_output(|| ExecuteChangeSetOutput::builder().build()),
+            mock!(Client::delete_change_set)
+                .then_output(|| DeleteChangeSetOutput::builder().build()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn fake_create_in_progress_with_resource_events_then_complete() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .error(missing)
+            .output(|| stack(StackStatus::CreateInProgress))
+            .times(3)
+            .output(|| stack(StackStatus::CreateComplete))
+            .repeatedly()
+            .build();
+        let ev = events(vec![
+            event(
+                "1",
+                "Vpc",
+                "AWS::EC2::VPC",
+                ResourceStatus::CreateInProgress,
+                None,
+            ),
+            event(
+                "2",
+                "Vpc",
+                "AWS::EC2::VPC",
+                ResourceStatus::CreateComplete,
+                None,
+            ),
+        ]);
+        let mut rules = change_set_rules();
+        rules.extend([describe.clone(), ev.clone()]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &rules.iter().collect::<Vec<_>>()
+        );
+        let applied = apply(&cfn, &spec(), fast(), &Ui::silent()).await.unwrap();
+        assert_eq!(applied.action, ApplyAction::Created);
+        assert_eq!(applied.outputs["VpcId"], "vpc-1");
+        // Polled through the IN_PROGRESS states, reading events on each poll.
+        assert!(describe.num_calls() >= 5, "{}", describe.num_calls());
+        assert!(ev.num_calls() >= 4);
+    }
+
+    #[tokio::test]
+    async fn fake_new_events_are_printed_once_oldest_first() {
+        let ev = events(vec![
+            event(
+                "1",
+                "Vpc",
+                "AWS::EC2::VPC",
+                ResourceStatus::CreateInProgress,
+                None,
+            ),
+            event(
+                "2",
+                "SubnetA",
+                "AWS::EC2::Subnet",
+                ResourceStatus::CreateFailed,
+                Some("CIDR conflicts"),
+            ),
+        ]);
+        let cfn = mock_client!(aws_sdk_cloudformation, RuleMode::MatchAny, [&ev]);
+        let since = DateTime::from_secs(0);
+        let mut seen = HashSet::new();
+        let first = new_events(&cfn, NAME, since, &mut seen).await;
+        assert_eq!(first.len(), 2);
+        assert!(
+            first[0].contains("Vpc AWS::EC2::VPC CREATE_IN_PROGRESS"),
+            "{first:?}"
+        );
+        assert!(
+            first[1].contains("SubnetA AWS::EC2::Subnet CREATE_FAILED: CIDR conflicts"),
+            "{first:?}"
+        );
+        assert!(new_events(&cfn, NAME, since, &mut seen).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fake_failed_create_reports_first_failed_resource() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .error(missing)
+            .output(|| stack(StackStatus::RollbackInProgress))
+            .output(|| stack(StackStatus::RollbackComplete))
+            .repeatedly()
+            .build();
+        let ev = events(vec![
+            event(
+                "1",
+                "Vpc",
+                "AWS::EC2::VPC",
+                ResourceStatus::CreateComplete,
+                None,
+            ),
+            event(
+                "2",
+                "SubnetA",
+                "AWS::EC2::Subnet",
+                ResourceStatus::CreateFailed,
+                Some("The CIDR '10.1.0.0/24' is invalid"),
+            ),
+            event(
+                "3",
+                "SubnetB",
+                "AWS::EC2::Subnet",
+                ResourceStatus::CreateFailed,
+                Some("Resource creation cancelled"),
+            ),
+            event(
+                "4",
+                "Vpc",
+                "AWS::EC2::VPC",
+                ResourceStatus::DeleteComplete,
+                None,
+            ),
+        ]);
+        let mut rules = change_set_rules();
+        rules.extend([describe, ev]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &rules.iter().collect::<Vec<_>>()
+        );
+        let err = apply(&cfn, &spec(), fast(), &Ui::silent())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ExitCode::Failure);
+        assert!(err.message.contains("ROLLBACK_COMPLETE"), "{err}");
+        assert!(
+            err.message.contains(
+                "SubnetA (AWS::EC2::Subnet) CREATE_FAILED: The CIDR '10.1.0.0/24' is invalid"
+            ),
+            "{err}"
+        );
+        assert!(
+            !err.message.contains("cancelled"),
+            "the first failure is the cause: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fake_rollback_complete_is_deleted_and_recreated() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| stack(StackStatus::RollbackComplete)) // apply: what is there
+            .output(|| stack(StackStatus::RollbackComplete)) // delete: exists?
+            .output(|| stack(StackStatus::DeleteInProgress))
+            .error(missing) // deleted
+            .output(|| stack(StackStatus::CreateComplete))
+            .repeatedly()
+            .build();
+        let delete =
+            mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+        let mut rules = change_set_rules();
+        rules.extend([describe, delete.clone(), events(vec![])]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &rules.iter().collect::<Vec<_>>()
+        );
+        let applied = apply(&cfn, &spec(), fast(), &Ui::silent()).await.unwrap();
+        assert_eq!(applied.action, ApplyAction::Recreated);
+        assert_eq!(delete.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn fake_network_stack_deletion_waits_until_gone() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| stack(StackStatus::CreateComplete))
+            .output(|| stack(StackStatus::DeleteInProgress))
+            .times(3)
+            .error(missing)
+            .build();
+        let delete_rule =
+            mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+        let ev = events(vec![event(
+            "1",
+            "SubnetA",
+            "AWS::EC2::Subnet",
+            ResourceStatus::DeleteComplete,
+            None,
+        )]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            [&describe, &delete_rule, &ev]
+        );
+        delete(&cfn, NAME, fast(), &Ui::silent()).await.unwrap();
+        assert_eq!(describe.num_calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn fake_network_stack_delete_failed_names_the_resource() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| stack(StackStatus::CreateComplete))
+            .output(|| stack(StackStatus::DeleteFailed))
+            .repeatedly()
+            .build();
+        let delete_rule =
+            mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+        let ev = events(vec![event(
+            "1",
+            "Vpc",
+            "AWS::EC2::VPC",
+            ResourceStatus::DeleteFailed,
+            Some("The vpc 'vpc-1' has dependencies and cannot be deleted."),
+        )]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            [&describe, &delete_rule, &ev]
+        );
+        let err = delete(&cfn, NAME, fast(), &Ui::silent()).await.unwrap_err();
+        assert!(
+            err.message.contains("DELETE_FAILED") && err.message.contains("Vpc (AWS::EC2::VPC)"),
+            "{err}"
+        );
+        assert!(err.message.contains("has dependencies"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fake_stack_stuck_in_progress_times_out() {
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .error(missing)
+            .output(|| stack(StackStatus::CreateInProgress))
+            .repeatedly()
+            .build();
+        let mut rules = change_set_rules();
+        rules.extend([describe, events(vec![])]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &rules.iter().collect::<Vec<_>>()
+        );
+        let wait = Wait {
+            timeout: Duration::from_millis(20),
+            ..fast()
+        };
+        let err = apply(&cfn, &spec(), wait, &Ui::silent()).await.unwrap_err();
+        assert_eq!(err.code, ExitCode::Timeout);
+        assert!(err.message.contains("CREATE_IN_PROGRESS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fake_plan_of_an_update_deletes_its_change_set() {
+        let describe =
+            mock!(Client::describe_stacks).then_output(|| stack(StackStatus::UpdateComplete));
+        let template = mock!(Client::get_template)
+            .then_output(|| GetTemplateOutput::builder().template_body("old").build());
+        let rules = change_set_rules();
+        let delete_cs = rules[3].clone();
+        let mut all = rules;
+        all.extend([describe, template]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &all.iter().collect::<Vec<_>>()
+        );
+        let p = plan(&cfn, &spec(), fast()).await.unwrap();
+        match p {
+            StackPlan::Update { changes, .. } => assert_eq!(changes[0].logical_id, "Vpc"),
+            other => panic!("expected an update, got {other:?}"),
+        }
+        assert_eq!(
+            delete_cs.num_calls(),
+            1,
+            "plan must not leave its change set behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn fake_empty_change_set_means_nothing_to_do() {
+        let describe =
+            mock!(Client::describe_stacks).then_output(|| stack(StackStatus::UpdateComplete));
+        let template = mock!(Client::get_template)
+            .then_output(|| GetTemplateOutput::builder().template_body("old").build());
+        let create = mock!(Client::create_change_set)
+            .then_output(|| CreateChangeSetOutput::builder().id("cs").build());
+        let failed = mock!(Client::describe_change_set).then_output(|| {
+            DescribeChangeSetOutput::builder()
+                .status(ChangeSetStatus::Failed)
+                .status_reason("The submitted information didn't contain changes. Submit different information to create a change set.")
+                .build()
+        });
+        let execute = mock!(Client::execute_change_set)
+            .then_output(|| ExecuteChangeSetOutput::builder().build());
+        let del = mock!(Client::delete_change_set)
+            .then_output(|| DeleteChangeSetOutput::builder().build());
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            [&describe, &template, &create, &failed, &execute, &del]
+        );
+        let applied = apply(&cfn, &spec(), fast(), &Ui::silent()).await.unwrap();
+        assert_eq!(applied.action, ApplyAction::Unchanged);
+        assert_eq!(execute.num_calls(), 0);
+    }
+}
