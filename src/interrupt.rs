@@ -37,6 +37,12 @@ pub fn install() {
     });
 }
 
+/// Broadcast an interrupt as if Ctrl-C were pressed: waits cancel their own operation.
+/// For callers that embed the deployer, and for tests.
+pub fn trigger() {
+    let _ = sender().send(true);
+}
+
 /// A receiver whose `changed()` completes on the first interrupt.
 pub fn subscribe() -> watch::Receiver<bool> {
     sender().subscribe()

@@ -1,0 +1,204 @@
+//! Ctrl-C while a stack operation is in progress, with a scripted SDK fake (aws-smithy-mocks):
+//! moto finishes every stack operation synchronously, so it cannot show an in-progress create
+//! or update to interrupt. The interrupt is process-global, so this file holds one test that
+//! runs both cases in turn.
+
+use aws_sdk_cloudformation::Client;
+use aws_sdk_cloudformation::operation::cancel_update_stack::CancelUpdateStackOutput;
+use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
+use aws_sdk_cloudformation::operation::delete_change_set::DeleteChangeSetOutput;
+use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
+use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
+use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
+use aws_sdk_cloudformation::operation::describe_stacks::{
+    DescribeStacksError, DescribeStacksOutput,
+};
+use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
+use aws_sdk_cloudformation::operation::get_template::GetTemplateOutput;
+use aws_sdk_cloudformation::primitives::DateTime;
+use aws_sdk_cloudformation::types::{
+    Change, ChangeAction, ChangeSetStatus, ResourceChange, Stack, StackStatus,
+};
+use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
+use aws_smithy_types::error::ErrorMetadata;
+use deployer::error::ExitCode;
+use deployer::stacks::{self, StackSpec, Wait, templates};
+use deployer::ui::Ui;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+const NAME: &str = "demo-network";
+
+// Stack lifecycle in the fake: 0 before execute, 1 operation in progress, 2 undone.
+const BEFORE: u8 = 0;
+const RUNNING: u8 = 1;
+const UNDONE: u8 = 2;
+
+fn spec() -> StackSpec {
+    StackSpec {
+        name: NAME.into(),
+        template: templates::NETWORK,
+        parameters: BTreeMap::from([("Project".to_string(), "demo".to_string())]),
+        tags: stacks::project_tags("demo"),
+    }
+}
+
+fn stack(status: StackStatus) -> DescribeStacksOutput {
+    DescribeStacksOutput::builder()
+        .stacks(
+            Stack::builder()
+                .stack_name(NAME)
+                .stack_status(status)
+                .creation_time(DateTime::from_secs(0))
+                .build(),
+        )
+        .build()
+}
+
+fn missing() -> DescribeStacksError {
+    DescribeStacksError::generic(
+        ErrorMetadata::builder()
+            .code("ValidationError")
+            .message(format!("Stack with id {NAME} does not exist"))
+            .build(),
+    )
+}
+
+/// Change set rules shared by both cases; executing it moves the fake to RUNNING.
+fn change_set_rules(state: &Arc<AtomicU8>) -> Vec<Rule> {
+    let s = state.clone();
+    vec![
+        mock!(Client::create_change_set)
+            .then_output(|| CreateChangeSetOutput::builder().id("cs-1").build()),
+        mock!(Client::describe_change_set).then_output(|| {
+            DescribeChangeSetOutput::builder()
+                .status(ChangeSetStatus::CreateComplete)
+                .changes(
+                    Change::builder()
+                        .resource_change(
+                            ResourceChange::builder()
+                                .action(ChangeAction::Add)
+                                .logical_resource_id("Vpc")
+                                .resource_type("AWS::EC2::VPC")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Client::execute_change_set).then_compute_output(move |_| {
+            s.store(RUNNING, Ordering::SeqCst);
+            ExecuteChangeSetOutput::builder().build()
+        }),
+        mock!(Client::delete_change_set).then_output(|| DeleteChangeSetOutput::builder().build()),
+        mock!(Client::describe_stack_events)
+            .then_output(|| DescribeStackEventsOutput::builder().build()),
+        mock!(Client::get_template)
+            .then_output(|| GetTemplateOutput::builder().template_body("{}").build()),
+    ]
+}
+
+/// DescribeStacks for one lifecycle: `before` until execute, `running` while in progress
+/// (the second such answer presses Ctrl-C: the wait has subscribed by then), `undone` after.
+fn describe_rule(
+    state: &Arc<AtomicU8>,
+    before: Option<StackStatus>,
+    running: StackStatus,
+    undone: StackStatus,
+) -> Rule {
+    let s = state.clone();
+    let polls = Arc::new(AtomicU8::new(0));
+    mock!(Client::describe_stacks).then_compute_response(move |_| match s.load(Ordering::SeqCst) {
+        BEFORE => match &before {
+            Some(status) => MockResponse::Output(stack(status.clone())),
+            None => MockResponse::Error(missing()),
+        },
+        RUNNING => {
+            if polls.fetch_add(1, Ordering::SeqCst) == 1 {
+                deployer::interrupt::trigger();
+            }
+            MockResponse::Output(stack(running.clone()))
+        }
+        _ => MockResponse::Output(stack(undone.clone())),
+    })
+}
+
+fn fast() -> Wait {
+    Wait {
+        timeout: Duration::from_secs(10),
+        min_poll: Duration::from_millis(5),
+        max_poll: Duration::from_millis(10),
+    }
+}
+
+#[tokio::test]
+async fn fake_ctrl_c_deletes_a_stack_being_created_and_cancels_an_update() {
+    // 1. Interrupted create: the stack is deleted and the error says so (exit 130).
+    let state = Arc::new(AtomicU8::new(BEFORE));
+    let s = state.clone();
+    let delete = mock!(Client::delete_stack).then_compute_output(move |_| {
+        s.store(UNDONE, Ordering::SeqCst);
+        DeleteStackOutput::builder().build()
+    });
+    let mut rules = change_set_rules(&state);
+    rules.push(describe_rule(
+        &state,
+        None,
+        StackStatus::CreateInProgress,
+        StackStatus::DeleteComplete,
+    ));
+    rules.push(delete.clone());
+    let cfn = mock_client!(
+        aws_sdk_cloudformation,
+        RuleMode::MatchAny,
+        &rules.iter().collect::<Vec<_>>()
+    );
+    let err = stacks::apply(&cfn, &spec(), fast(), &Ui::silent())
+        .await
+        .expect_err("an interrupted create must not report success");
+    assert_eq!(err.code, ExitCode::Interrupted, "{err}");
+    assert_eq!(
+        delete.num_calls(),
+        1,
+        "the stack being created was not deleted"
+    );
+    assert!(err.message.contains("deleted"), "{err}");
+
+    // 2. Interrupted update: the update is cancelled (not the stack deleted) and the state
+    //    it left is named.
+    let state = Arc::new(AtomicU8::new(BEFORE));
+    let s = state.clone();
+    let cancel = mock!(Client::cancel_update_stack).then_compute_output(move |_| {
+        s.store(UNDONE, Ordering::SeqCst);
+        CancelUpdateStackOutput::builder().build()
+    });
+    let no_delete =
+        mock!(Client::delete_stack).then_output(|| DeleteStackOutput::builder().build());
+    let mut rules = change_set_rules(&state);
+    rules.push(describe_rule(
+        &state,
+        Some(StackStatus::CreateComplete),
+        StackStatus::UpdateInProgress,
+        StackStatus::UpdateRollbackComplete,
+    ));
+    rules.push(cancel.clone());
+    rules.push(no_delete.clone());
+    let cfn = mock_client!(
+        aws_sdk_cloudformation,
+        RuleMode::MatchAny,
+        &rules.iter().collect::<Vec<_>>()
+    );
+    let err = stacks::apply(&cfn, &spec(), fast(), &Ui::silent())
+        .await
+        .expect_err("an interrupted update must not report success");
+    assert_eq!(err.code, ExitCode::Interrupted, "{err}");
+    assert_eq!(cancel.num_calls(), 1, "the update was not cancelled");
+    assert_eq!(no_delete.num_calls(), 0, "an existing stack was deleted");
+    assert!(
+        err.message
+            .contains("update cancelled; stack is UPDATE_ROLLBACK_COMPLETE"),
+        "{err}"
+    );
+}
