@@ -57,6 +57,97 @@ pub async fn describe(
     }))
 }
 
+/// Why tasks of `task_definition` stopped (newest first, at most five): the answer to "why did
+/// my deploy fail" that service events alone do not give. Best effort: a failed lookup
+/// yields no lines rather than hiding the deployment error.
+pub async fn stopped_tasks(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    service: &str,
+    task_definition: &str,
+) -> Vec<String> {
+    let Ok(list) = ecs
+        .list_tasks()
+        .cluster(cluster)
+        .service_name(service)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    if list.task_arns().is_empty() {
+        return Vec::new();
+    }
+    let Ok(tasks) = ecs
+        .describe_tasks()
+        .cluster(cluster)
+        .set_tasks(Some(list.task_arns().to_vec()))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut ours: Vec<_> = tasks
+        .tasks()
+        .iter()
+        .filter(|t| t.task_definition_arn() == Some(task_definition))
+        .collect();
+    ours.sort_by_key(|t| std::cmp::Reverse(t.stopped_at().map(|d| d.secs())));
+    ours.iter()
+        .take(5)
+        .map(|t| {
+            let id = t
+                .task_arn()
+                .and_then(|a| a.rsplit('/').next())
+                .unwrap_or("?");
+            let containers: Vec<String> = t
+                .containers()
+                .iter()
+                .filter(|c| c.exit_code().is_some_and(|code| code != 0) || c.reason().is_some())
+                .map(|c| {
+                    let mut s = c.name().unwrap_or("container").to_string();
+                    if let Some(code) = c.exit_code() {
+                        s.push_str(&format!(" exited {code}"));
+                    }
+                    if let Some(r) = c.reason() {
+                        s.push_str(&format!(" ({r})"));
+                    }
+                    s
+                })
+                .collect();
+            format!(
+                "    task {id}: {}{}",
+                t.stopped_reason().unwrap_or("stopped"),
+                if containers.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", containers.join(", "))
+                }
+            )
+        })
+        .collect()
+}
+
+/// Service events and stopped tasks, for a deployment error message.
+async fn diagnosis(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    service: &str,
+    task_definition: &str,
+    events: &[String],
+) -> String {
+    let mut s = format!("\n  last events:\n{}", events.join("\n"));
+    let stopped = stopped_tasks(ecs, cluster, service, task_definition).await;
+    if !stopped.is_empty() {
+        s.push_str(&format!(
+            "\n  stopped tasks of this revision:\n{}",
+            stopped.join("\n")
+        ));
+    }
+    s
+}
+
 /// Wait until the deployment running `task_definition` completes. A FAILED rollout
 /// (circuit breaker) or a service that rolled back to another revision is an error
 /// with exit code 4, carrying the last service events.
@@ -118,12 +209,12 @@ pub async fn wait_deployed(
             None if svc.task_definition() == Some(task_definition) => {}
             None => {
                 sp.finish(format!("{service}: rolled back"));
+                let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
                 return Err(Error::new(
                     ExitCode::RolledBack,
                     format!(
-                        "{service}: the deployment of {task_definition} is gone; the service runs {} (rolled back)\n  last events:\n{}",
+                        "{service}: the deployment of {task_definition} is gone; the service runs {} (rolled back){why}",
                         svc.task_definition().unwrap_or("?"),
-                        events.join("\n")
                     ),
                 ));
             }
@@ -164,12 +255,12 @@ pub async fn wait_deployed(
                 }
                 if state == "FAILED" {
                     sp.finish(format!("{service}: deployment failed"));
+                    let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
                     return Err(Error::new(
                         ExitCode::RolledBack,
                         format!(
-                            "{service}: deployment failed: {}\n  last events:\n{}",
+                            "{service}: deployment failed: {}{why}",
                             d.rollout_state_reason().unwrap_or("no reason given"),
-                            events.join("\n")
                         ),
                     )
                     .with_help(
@@ -180,10 +271,10 @@ pub async fn wait_deployed(
         }
         if started.elapsed() > wait.timeout {
             sp.finish(format!("{service}: still rolling out"));
+            let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
             return Err(Error::timeout(format!(
-                "{service}: deployment not finished after {}s\n  last events:\n{}",
+                "{service}: deployment not finished after {}s{why}",
                 wait.timeout.as_secs(),
-                events.join("\n")
             ))
             .with_help(
                 "raise services.<name>.deployment.rollout_timeout, or check `deployer status`",
@@ -229,6 +320,12 @@ mod tests {
             .build()
     }
 
+    /// ListTasks with no stopped tasks (the failure paths look them up).
+    fn no_stopped_tasks() -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_ecs::Client::list_tasks)
+            .then_output(|| aws_sdk_ecs::operation::list_tasks::ListTasksOutput::builder().build())
+    }
+
     fn dep(td: &str, state: DeploymentRolloutState, running: i32) -> Deployment {
         Deployment::builder()
             .status("PRIMARY")
@@ -268,15 +365,46 @@ mod tests {
 
     #[tokio::test]
     async fn fake_circuit_breaker_failure_is_rolled_back_exit_code() {
+        use aws_sdk_ecs::operation::{
+            describe_tasks::DescribeTasksOutput, list_tasks::ListTasksOutput,
+        };
+        use aws_sdk_ecs::types::{Container, Task};
         let rule = mock!(aws_sdk_ecs::Client::describe_services)
             .then_output(|| out(vec![dep("td:3", DeploymentRolloutState::Failed, 0)], "td:3"));
-        let ecs = mock_client!(aws_sdk_ecs, [&rule]);
+        let list = mock!(aws_sdk_ecs::Client::list_tasks).then_output(|| {
+            ListTasksOutput::builder()
+                .task_arns("arn:aws:ecs:us-east-1:1:task/c/aaa")
+                .task_arns("arn:aws:ecs:us-east-1:1:task/c/bbb")
+                .build()
+        });
+        let tasks = mock!(aws_sdk_ecs::Client::describe_tasks).then_output(|| {
+            let task = |id: &str, td: &str| {
+                Task::builder()
+                    .task_arn(format!("arn:aws:ecs:us-east-1:1:task/c/{id}"))
+                    .task_definition_arn(td)
+                    .stopped_reason("Essential container in task exited")
+                    .containers(Container::builder().name("web").exit_code(101).build())
+                    .build()
+            };
+            DescribeTasksOutput::builder()
+                .tasks(task("aaa", "td:3"))
+                .tasks(task("bbb", "td:2")) // an older revision's task: not ours
+                .build()
+        });
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &list, &tasks]);
         let e = wait_deployed(&ecs, "c", "web", "td:3", fast(), &Ui::silent())
             .await
             .unwrap_err();
         assert_eq!(e.code, ExitCode::RolledBack);
         assert!(e.message.contains("circuit breaker"), "{e}");
         assert!(e.message.contains("has started 1 tasks"), "{e}");
+        // Why the new revision's tasks stopped, and only those.
+        assert!(
+            e.message
+                .contains("task aaa: Essential container in task exited; web exited 101"),
+            "{e}"
+        );
+        assert!(!e.message.contains("task bbb"), "{e}");
     }
 
     #[tokio::test]
@@ -289,7 +417,8 @@ mod tests {
                 "td:1",
             )
         });
-        let ecs = mock_client!(aws_sdk_ecs, [&rule]);
+        let none = no_stopped_tasks();
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none]);
         let e = wait_deployed(&ecs, "c", "web", "td:4", fast(), &Ui::silent())
             .await
             .unwrap_err();
@@ -308,7 +437,8 @@ mod tests {
             })
             .repeatedly()
             .build();
-        let ecs = mock_client!(aws_sdk_ecs, [&rule]);
+        let none = no_stopped_tasks();
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none]);
         let wait = Wait {
             timeout: Duration::from_millis(30),
             ..fast()
