@@ -1,7 +1,7 @@
 """moto server, with CloudFormation's ExecuteChangeSet finished the way AWS finishes it.
 
 moto 5.2.5 executes a change set by updating the stack's resources only: the stack keeps the
-outputs, exports and tags it had before (none, for a stack created through a change set), and
+outputs, exports, tags and parameters it had before (none, for a stack created through a change set), and
 a stack created by a CREATE change set cannot resolve Fn::ImportValue (it is not given the
 account's exports). The deployer creates and updates every stack through change sets, so without
 this its stacks would have no outputs under moto. The patch recomputes them after moto's own
@@ -40,6 +40,9 @@ def execute_change_set(self, change_set_name, stack_name=None):
     old_exports = {e.name for e in stack.exports}
     stack.template = change_set.template
     stack._parse_template()
+    # moto keeps the parameters the stack was created with, so a later change set back to
+    # those values (a rollback) is wrongly judged "no changes".
+    stack.parameters = change_set.parameters
     if change_set.tags is not None:
         stack.tags = change_set.tags
     stack.output_map = stack._create_output_map()

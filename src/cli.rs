@@ -69,24 +69,18 @@ pub enum Command {
         exit_code: bool,
     },
     /// Deploy everything: registry, network, cluster, secrets, services.
-    Up {
-        #[command(flatten)]
-        overrides: Overrides,
-        /// Write the deployment summary and task-definition.json artifacts here.
-        #[arg(long, default_value = ".deployer")]
-        out_dir: PathBuf,
-        #[command(flatten)]
-        image: ImageFlags,
-    },
+    Up(DeployArgs),
     /// Roll new images and task definitions onto the infrastructure `up` created, and wait.
-    Redeploy {
-        #[command(flatten)]
-        overrides: Overrides,
-        /// Write the deployment summary and task-definition.json artifacts here.
-        #[arg(long, default_value = ".deployer")]
-        out_dir: PathBuf,
-        #[command(flatten)]
-        image: ImageFlags,
+    Redeploy(DeployArgs),
+    /// Put services back on an earlier task definition revision and wait for the deployment.
+    /// The next `up`/`redeploy` rolls forward to what the config says.
+    Rollback {
+        /// Only this service (default: every service).
+        #[arg(long)]
+        service: Option<String>,
+        /// This revision number (default: the newest ACTIVE revision older than the running one).
+        #[arg(long, value_name = "REVISION")]
+        to: Option<i32>,
     },
     /// Build each service's image (and push it with --push).
     Build {
@@ -109,6 +103,18 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+}
+
+/// Flags shared by `up` and `redeploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Write the deployment summary and task-definition.json artifacts here.
+    #[arg(long, default_value = ".deployer")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub image: ImageFlags,
 }
 
 #[derive(Debug, Args, Default)]

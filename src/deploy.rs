@@ -664,6 +664,38 @@ fn short(v: &serde_json::Value) -> String {
     }
 }
 
+/// The services `rollback` acts on: the one named, or every configured service.
+pub async fn service_refs(
+    c: &Config,
+    cfn: &aws_sdk_cloudformation::Client,
+    only: Option<&str>,
+) -> Result<Vec<crate::rollout::rollback::ServiceRef>> {
+    if let Some(name) = only
+        && !c.services.contains_key(name)
+    {
+        return Err(
+            Error::bad_input(format!("no service named {name} in the config")).with_help(format!(
+                "services: {}",
+                c.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+    let cluster = stacks::describe(cfn, &c.stack_name(StackPart::Cluster))
+        .await?
+        .and_then(|l| l.outputs.get("ClusterName").cloned())
+        .unwrap_or_else(|| c.project.clone());
+    Ok(c.services
+        .keys()
+        .filter(|k| only.is_none_or(|o| o == k.as_str()))
+        .map(|name| crate::rollout::rollback::ServiceRef {
+            service: name.clone(),
+            stack: c.stack_name(StackPart::Service(name)),
+            family: taskdef::family(&c.project, name),
+            cluster: cluster.clone(),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

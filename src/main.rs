@@ -2,10 +2,11 @@
 
 use clap::Parser;
 use deployer::aws::{Clients, Target};
-use deployer::cli::{Cli, Command, Global, Overrides};
+use deployer::cli::{Cli, Command, DeployArgs, Global, Overrides};
 use deployer::config::{self, Loaded};
 use deployer::deploy::{self, Ctx};
 use deployer::error::{Error, ExitCode, Result};
+use deployer::rollout::rollback;
 use deployer::stacks::Wait;
 use deployer::ui::Ui;
 use deployer::{destroy, interrupt, status, summary};
@@ -106,20 +107,16 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 ExitCode::Success
             })
         }
-        Command::Up {
-            overrides,
-            out_dir,
-            image,
-        }
-        | Command::Redeploy {
-            overrides,
-            out_dir,
-            image,
-        } => {
+        Command::Up(args) | Command::Redeploy(args) => {
             let mode = match &cli.command {
-                Command::Redeploy { .. } => deploy::Mode::Redeploy,
+                Command::Redeploy(_) => deploy::Mode::Redeploy,
                 _ => deploy::Mode::Up,
             };
+            let DeployArgs {
+                overrides,
+                out_dir,
+                image,
+            } = args;
             let loaded = load(g, overrides)?;
             let clients = clients(g, &loaded).await?;
             let ctx = Ctx {
@@ -172,6 +169,25 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 ui.result(format!("{} {}", i.service, i.image.image_uri));
             }
             ui.result_json(&json!({"ok": true, "images": images}));
+            Ok(ExitCode::Success)
+        }
+        Command::Rollback { service, to } => {
+            let loaded = load(g, &Overrides::default())?;
+            let clients = clients(g, &loaded).await?;
+            let refs =
+                deploy::service_refs(&loaded.config, &clients.cfn, service.as_deref()).await?;
+            let mut done = Vec::new();
+            for r in &refs {
+                let report = rollback::rollback(&clients, r, *to, wait(g), ui).await?;
+                ui.result(format!(
+                    "{}: rolled back {} -> {}",
+                    report.service,
+                    report.from.rsplit('/').next().unwrap_or(&report.from),
+                    report.to.rsplit('/').next().unwrap_or(&report.to)
+                ));
+                done.push(report);
+            }
+            ui.result_json(&json!({"ok": true, "rollbacks": done}));
             Ok(ExitCode::Success)
         }
         Command::Destroy { yes } => {

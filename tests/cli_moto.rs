@@ -542,3 +542,49 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
 
     p.run(&["destroy", "--yes"]).expect(0);
 }
+
+#[tokio::test]
+async fn rollback_goes_to_the_previous_revision_and_up_rolls_forward() {
+    let p = Project::new("it-rollback", &service_yaml());
+    p.run(&["up", "--image", IMAGE]).expect(0);
+    let new_image = IMAGE.replace("sha256:1111", "sha256:3333");
+    p.run(&["up", "--image", &new_image]).expect(0);
+
+    // Back to revision 1: the service stack's task definition changes, nothing else.
+    let r = p.run(&["rollback", "--json"]).expect(0).json();
+    assert!(
+        r["rollbacks"][0]["from"].as_str().unwrap().ends_with(":2"),
+        "{r:#}"
+    );
+    assert!(
+        r["rollbacks"][0]["to"].as_str().unwrap().ends_with(":1"),
+        "{r:#}"
+    );
+    let status = p.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(status["services"][0]["revision"], 1, "{status:#}");
+    assert_eq!(status["services"][0]["image"], IMAGE);
+
+    // Nothing older than 1; an unknown revision names the ones that exist. Both bad input.
+    let none = p.run(&["rollback"]).expect(2);
+    assert!(
+        none.stderr.contains("no earlier ACTIVE revision"),
+        "{}",
+        none.stderr
+    );
+    let unknown = p.run(&["rollback", "--to", "7"]).expect(2);
+    assert!(
+        unknown.stderr.contains("ACTIVE revisions: 2, 1"),
+        "{}",
+        unknown.stderr
+    );
+
+    // The config still says the new image: `up` rolls forward to it without a new revision.
+    let fwd = p
+        .run(&["up", "--image", &new_image, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(fwd["services"][0]["revision"], 2, "{fwd:#}");
+    assert_eq!(fwd["services"][0]["registered"], false);
+
+    p.run(&["destroy", "--yes"]).expect(0);
+}

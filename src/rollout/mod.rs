@@ -1,4 +1,5 @@
 //! Task definitions and service deployments.
 
+pub mod rollback;
 pub mod taskdef;
 pub mod track;
