@@ -141,8 +141,44 @@ pub struct Service {
     pub stop_timeout: u32,
     #[serde(default = "default_log_retention")]
     pub log_retention_days: u32,
+    /// Container health check run by ECS (ECS ignores an image's HEALTHCHECK).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub deployment: Deployment,
+}
+
+/// ECS container health check: `command` runs inside the container (exec form, no shell);
+/// exit 0 is healthy. An unhealthy essential container is replaced.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    /// Seconds between checks (5..=300).
+    #[serde(default = "default_hc_interval")]
+    pub interval: u32,
+    /// Seconds before one check counts as failed (2..=120).
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: u32,
+    /// Consecutive failures before the container is unhealthy (1..=10).
+    #[serde(default = "default_hc_retries")]
+    pub retries: u32,
+    /// Grace seconds after start during which failures do not count (0..=300).
+    #[serde(default = "default_hc_start_period")]
+    pub start_period: u32,
+}
+
+fn default_hc_interval() -> u32 {
+    30
+}
+fn default_hc_timeout() -> u32 {
+    5
+}
+fn default_hc_retries() -> u32 {
+    3
+}
+fn default_hc_start_period() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -485,6 +521,27 @@ pub fn validate(c: &Config) -> Vec<String> {
                 "{k}.stop_timeout: {} s is out of range; Fargate allows 2..=120",
                 s.stop_timeout
             ));
+        }
+        if let Some(h) = &s.health_check {
+            if h.command.is_empty() || h.command.iter().any(|c| c.trim().is_empty()) {
+                p.push(format!(
+                    "{k}.health_check.command: must be a non-empty list, e.g. [/price-stream, healthcheck]"
+                ));
+            }
+            for (field, value, range) in [
+                ("interval", h.interval, 5..=300),
+                ("timeout", h.timeout, 2..=120),
+                ("retries", h.retries, 1..=10),
+                ("start_period", h.start_period, 0..=300),
+            ] {
+                if !range.contains(&value) {
+                    p.push(format!(
+                        "{k}.health_check.{field}: {value} is out of range; ECS allows {}..={}",
+                        range.start(),
+                        range.end()
+                    ));
+                }
+            }
         }
         if !LOG_RETENTION_DAYS.contains(&s.log_retention_days) {
             p.push(format!(

@@ -89,7 +89,7 @@ impl Run {
     }
 }
 
-const SERVICE: &str = "  flow:\n    image: IMAGE\n    secrets: [PRICE_API_KEY]\n    environment: {SINK_URL: 's3://lake/crypto/'}\n";
+const SERVICE: &str = "  flow:\n    image: IMAGE\n    secrets: [PRICE_API_KEY]\n    environment: {SINK_URL: 's3://lake/crypto/'}\n    health_check: {command: [/price-stream, healthcheck]}\n";
 
 fn service_yaml() -> String {
     SERVICE.replace("IMAGE", IMAGE)
@@ -154,6 +154,11 @@ async fn up_noop_plan_change_status_destroy() {
     assert_eq!(
         td["containerDefinitions"][0]["secrets"][0]["valueFrom"],
         "arn:aws:ssm:us-east-1:123456789012:parameter/it-lifecycle/flow/PRICE_API_KEY"
+    );
+    // ECS runs the flow's own health check (it ignores the image's HEALTHCHECK).
+    assert_eq!(
+        td["containerDefinitions"][0]["healthCheck"]["command"],
+        serde_json::json!(["CMD", "/price-stream", "healthcheck"])
     );
     for f in files_under(p.path()) {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -414,6 +419,10 @@ fn bad_configs_exit_2_naming_file_and_key() {
         (
             "project: x\nservices:\n  web: {}\n",
             &["services.web", "no image source"],
+        ),
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    health_check: {command: [/bin/check], interval: 1}\n",
+            &["services.web.health_check.interval", "5..=300"],
         ),
         ("project: x\nservices: [\n", &["invalid YAML"]),
     ];

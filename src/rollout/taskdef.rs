@@ -47,6 +47,19 @@ pub struct Container {
     pub secrets: Vec<SecretRef>,
     pub stop_timeout: u32,
     pub log_configuration: Logs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Health>,
+}
+
+/// ECS `healthCheck`, in its JSON shape (`command` starts with "CMD").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub command: Vec<String>,
+    pub interval: u32,
+    pub timeout: u32,
+    pub retries: u32,
+    pub start_period: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +141,15 @@ pub fn render(i: &RenderInput<'_>) -> TaskDef {
             environment,
             secrets,
             stop_timeout: s.stop_timeout,
+            health_check: s.health_check.as_ref().map(|h| Health {
+                command: std::iter::once("CMD".to_string())
+                    .chain(h.command.iter().cloned())
+                    .collect(),
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+                start_period: h.start_period,
+            }),
             log_configuration: Logs {
                 log_driver: "awslogs".into(),
                 options: BTreeMap::from([
@@ -224,6 +246,14 @@ fn from_live(td: &aws_sdk_ecs::types::TaskDefinition) -> TaskDef {
                 environment,
                 secrets,
                 stop_timeout: c.stop_timeout().unwrap_or(30) as u32,
+                health_check: c.health_check().map(|h| Health {
+                    command: h.command().to_vec(),
+                    // ECS fills these defaults when they are not sent.
+                    interval: h.interval().unwrap_or(30) as u32,
+                    timeout: h.timeout().unwrap_or(5) as u32,
+                    retries: h.retries().unwrap_or(3) as u32,
+                    start_period: h.start_period().unwrap_or(0) as u32,
+                }),
                 log_configuration: Logs {
                     log_driver: log
                         .map(|l| l.log_driver().as_str().to_string())
@@ -295,6 +325,20 @@ pub async fn register(
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::failure(format!("task definition secrets: {e}")))?;
+            let health = c
+                .health_check
+                .as_ref()
+                .map(|h| {
+                    aws_sdk_ecs::types::HealthCheck::builder()
+                        .set_command(Some(h.command.clone()))
+                        .interval(h.interval as i32)
+                        .timeout(h.timeout as i32)
+                        .retries(h.retries as i32)
+                        .start_period(h.start_period as i32)
+                        .build()
+                })
+                .transpose()
+                .map_err(|e| Error::failure(format!("task definition health check: {e}")))?;
             Ok(ContainerDefinition::builder()
                 .name(&c.name)
                 .image(&c.image)
@@ -313,6 +357,7 @@ pub async fn register(
                 ))
                 .set_secrets(Some(secrets))
                 .stop_timeout(c.stop_timeout as i32)
+                .set_health_check(health)
                 .log_configuration(log)
                 .build())
         })
