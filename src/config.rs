@@ -522,6 +522,11 @@ pub fn validate(c: &Config) -> Vec<String> {
                 s.stop_timeout
             ));
         }
+        if s.architecture == Architecture::Arm64 && s.capacity == Capacity::FargateSpot {
+            p.push(format!(
+                "{k}.capacity: fargate_spot does not run arm64 tasks; use capacity: fargate, or architecture: x86_64"
+            ));
+        }
         if let Some(h) = &s.health_check {
             if h.command.is_empty() || h.command.iter().any(|c| c.trim().is_empty()) {
                 p.push(format!(

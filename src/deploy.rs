@@ -470,7 +470,24 @@ async fn deploy_service(
 }
 
 /// `<out>/<service>/task-definition.json`: what was deployed, secrets as ARNs only.
+/// The folder ignores itself for git (as cargo's `target/` does): artifacts written inside a
+/// work tree must not make the next build's tree "dirty" and so give it a new image tag.
 fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
+    let ignore = out_dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::create_dir_all(out_dir)
+            .and_then(|_| {
+                std::fs::write(
+                    &ignore,
+                    "# written by deployer: artifacts, not sources\n*\n",
+                )
+            })
+            .map_err(|e| {
+                Error::failure(format!("cannot write {}: {e}", ignore.display())).with_help(
+                    "the deployment itself succeeded; pass --out-dir to a writable directory",
+                )
+            })?;
+    }
     for s in services {
         let Some(td) = &s.task_definition else {
             continue;

@@ -363,6 +363,28 @@ async fn destroy_refuses_a_stack_without_the_deployer_tags() {
             .is_ok(),
         "foreign stack deleted"
     );
+    // Nor does `up` adopt it: bad input, and the foreign stack keeps its template.
+    let r = p.run(&["up", "--image", IMAGE]).expect(2);
+    assert!(
+        r.stderr.contains("it-foreign-registry")
+            && r.stderr.contains("not created by the deployer"),
+        "{}",
+        r.stderr
+    );
+    let template = cl
+        .cfn
+        .get_template()
+        .stack_name("it-foreign-registry")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        template
+            .template_body()
+            .unwrap_or_default()
+            .contains("AWS::SNS::Topic"),
+        "foreign stack changed"
+    );
 }
 
 #[tokio::test]
@@ -419,6 +441,10 @@ fn bad_configs_exit_2_naming_file_and_key() {
         (
             "project: x\nservices:\n  web: {}\n",
             &["services.web", "no image source"],
+        ),
+        (
+            "project: x\nservices:\n  web:\n    image: i\n    architecture: arm64\n    capacity: fargate_spot\n",
+            &["services.web.capacity", "fargate_spot does not run arm64"],
         ),
         (
             "project: x\nservices:\n  web:\n    image: i\n    health_check: {command: [/bin/check], interval: 1}\n",

@@ -52,6 +52,18 @@ fn stack(status: StackStatus) -> DescribeStacksOutput {
                 .stack_name(NAME)
                 .stack_status(status)
                 .creation_time(DateTime::from_secs(0))
+                .tags(
+                    aws_sdk_cloudformation::types::Tag::builder()
+                        .key("managed-by")
+                        .value("deployer")
+                        .build(),
+                )
+                .tags(
+                    aws_sdk_cloudformation::types::Tag::builder()
+                        .key("project")
+                        .value("demo")
+                        .build(),
+                )
                 .build(),
         )
         .build()

@@ -391,6 +391,18 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
         sp.finish(format!("{}: settled", spec.name));
         live = describe(cfn, &spec.name).await?;
     }
+    // Never adopt a stack the deployer did not create: applying our template to someone
+    // else's `<project>-network` would replace their resources.
+    if let Some(l) = &live
+        && let Some(project) = spec.tags.get(super::PROJECT_KEY)
+        && !super::owned_by(&l.tags, project)
+    {
+        return Err(Error::bad_input(format!(
+            "stack {} exists but was not created by the deployer for project {project} (its tags say otherwise)",
+            spec.name
+        ))
+        .with_help("pick another `project` name, or delete or rename the other stack"));
+    }
     let mut recreated = false;
     if let Some(l) = &live {
         match l.status.as_str() {
@@ -769,6 +781,18 @@ mod fakes {
                     .stack_name(NAME)
                     .stack_status(status)
                     .creation_time(DateTime::from_secs(0))
+                    .tags(
+                        aws_sdk_cloudformation::types::Tag::builder()
+                            .key("managed-by")
+                            .value("deployer")
+                            .build(),
+                    )
+                    .tags(
+                        aws_sdk_cloudformation::types::Tag::builder()
+                            .key("project")
+                            .value("demo")
+                            .build(),
+                    )
                     .outputs(
                         aws_sdk_cloudformation::types::Output::builder()
                             .output_key("VpcId")
