@@ -446,10 +446,25 @@ async fn deploy_service(
         }
     };
     let spec = service_spec(c, name, &arn, net);
-    let applied = stacks::apply(&cl.cfn, &spec, ctx.wait, ui).await?;
+    // CloudFormation waits for the ECS service to stabilise during the stack update, so that
+    // wait is the rollout: it gets the rollout's deadline.
     let rollout_wait = Wait {
         timeout: Duration::from_secs(svc.deployment.rollout_timeout),
         ..ctx.wait
+    };
+    let applied = match stacks::apply(&cl.cfn, &spec, rollout_wait, ui).await {
+        Ok(a) => a,
+        Err(mut e) if e.code == crate::error::ExitCode::RolledBack => {
+            let stopped = track::stopped_tasks(&cl.ecs, cluster, name, &arn).await;
+            if !stopped.is_empty() {
+                e.message.push_str(&format!(
+                    "\n  stopped tasks of this revision:\n{}",
+                    stopped.join("\n")
+                ));
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
     };
     let state = if applied.action == ApplyAction::Unchanged {
         track::describe(&cl.ecs, cluster, name).await?

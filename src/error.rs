@@ -12,7 +12,7 @@ pub enum ExitCode {
     BadInput = 2,
     /// A wait ran past its deadline.
     Timeout = 3,
-    /// A deployment was rolled back (circuit breaker or Ctrl-C cancel).
+    /// A deployment was rolled back (ECS circuit breaker, or a stack update CloudFormation rolled back).
     RolledBack = 4,
     /// Interrupted by the user (Ctrl-C) after cleaning up.
     Interrupted = 130,

@@ -488,8 +488,15 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     if status != ok {
         sp.finish(format!("{}: {status}", spec.name));
         let cause = first_failure(cfn, &spec.name, since).await;
+        // An update CloudFormation rolled back (e.g. the ECS circuit breaker fired while the
+        // service stabilised) left the previous state running: "rolled back", not "failed".
+        let code = if status == "UPDATE_ROLLBACK_COMPLETE" {
+            ExitCode::RolledBack
+        } else {
+            ExitCode::Failure
+        };
         return Err(
-            Error::failure(format!("{} ended in {status}{cause}", spec.name))
+            Error::new(code, format!("{} ended in {status}{cause}", spec.name))
                 .with_help("fix the cause above and run `deployer up` again"),
         );
     }
@@ -1005,6 +1012,43 @@ mod fakes {
         assert!(
             !err.message.contains("cancelled"),
             "the first failure is the cause: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fake_update_rolled_back_by_circuit_breaker_exits_rolled_back() {
+        // On AWS, CloudFormation waits for the ECS service to stabilise; when the deployment
+        // circuit breaker fires, the stack update rolls back. That is exit 4, not 1.
+        let describe = mock!(Client::describe_stacks)
+            .sequence()
+            .output(|| stack(StackStatus::UpdateComplete))
+            .output(|| stack(StackStatus::UpdateInProgress))
+            .output(|| stack(StackStatus::UpdateRollbackInProgress))
+            .output(|| stack(StackStatus::UpdateRollbackComplete))
+            .repeatedly()
+            .build();
+        let ev = events(vec![event(
+            "1",
+            "Service",
+            "AWS::ECS::Service",
+            ResourceStatus::UpdateFailed,
+            Some("Error occurred during operation 'ECS Deployment Circuit Breaker was triggered'."),
+        )]);
+        let mut rules = change_set_rules();
+        rules.extend([describe, ev]);
+        let cfn = mock_client!(
+            aws_sdk_cloudformation,
+            RuleMode::MatchAny,
+            &rules.iter().collect::<Vec<_>>()
+        );
+        let err = apply(&cfn, &spec(), fast(), &Ui::silent())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ExitCode::RolledBack, "{err}");
+        assert!(err.message.contains("UPDATE_ROLLBACK_COMPLETE"), "{err}");
+        assert!(
+            err.message.contains("Circuit Breaker was triggered"),
+            "{err}"
         );
     }
 
