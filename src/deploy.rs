@@ -348,23 +348,23 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         .cloned()
         .unwrap_or_else(|| c.project.clone());
 
+    let shared = Shared {
+        exec_role: &exec_role,
+        task_role: &task_role,
+        identity: &identity,
+        net: &net_out,
+        cluster: &cluster_name,
+    };
     let deploys = c.services.keys().map(|name| {
         let image = image_for(name);
-        let (exec_role, task_role, identity, net_out, cluster_name) =
-            (&exec_role, &task_role, &identity, &net_out, &cluster_name);
-        async move {
-            deploy_service(
-                ctx,
-                name,
-                &image?,
-                exec_role,
-                task_role,
-                identity,
-                net_out,
-                cluster_name,
-            )
-            .await
-        }
+        // Tasks read secrets at start: a changed value needs new tasks even when the task
+        // definition (which holds only the parameter ARN) is unchanged.
+        let prefix = format!("/{}/{name}/", c.project);
+        let secrets_changed = secret_outcomes
+            .iter()
+            .any(|o| o.parameter.starts_with(&prefix) && o.action == "updated");
+        let shared = &shared;
+        async move { deploy_service(ctx, name, &image?, shared, secrets_changed).await }
     });
     let results = futures::future::join_all(deploys).await;
     let mut services = Vec::new();
@@ -402,17 +402,29 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every service deployment shares: roles, identity, network and cluster.
+struct Shared<'a> {
+    exec_role: &'a str,
+    task_role: &'a str,
+    identity: &'a Identity,
+    net: &'a NetworkOut,
+    cluster: &'a str,
+}
+
 async fn deploy_service(
     ctx: &Ctx,
     name: &str,
     image: &str,
-    exec_role: &str,
-    task_role: &str,
-    identity: &Identity,
-    net: &NetworkOut,
-    cluster: &str,
+    shared: &Shared<'_>,
+    secrets_changed: bool,
 ) -> Result<(ServiceReport, Applied)> {
+    let Shared {
+        exec_role,
+        task_role,
+        identity,
+        net,
+        cluster,
+    } = *shared;
     let c = &ctx.loaded.config;
     let (cl, ui) = (&ctx.clients, &ctx.ui);
     let svc = &c.services[name];
@@ -466,7 +478,26 @@ async fn deploy_service(
         }
         Err(e) => return Err(e),
     };
-    let state = if applied.action == ApplyAction::Unchanged {
+    let forced = applied.action == ApplyAction::Unchanged && secrets_changed;
+    if forced {
+        ui.step(format!(
+            "{name}: a secret changed; starting new tasks so they read it"
+        ));
+        cl.ecs
+            .update_service()
+            .cluster(cluster)
+            .service(name)
+            .force_new_deployment(true)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "force a new deployment of {name}: {}",
+                    aws::describe(&e)
+                ))
+            })?;
+    }
+    let state = if applied.action == ApplyAction::Unchanged && !forced {
         track::describe(&cl.ecs, cluster, name).await?
     } else {
         Some(track::wait_deployed(&cl.ecs, cluster, name, &arn, rollout_wait, ui).await?)

@@ -34,6 +34,10 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
             .args(args)
             .current_dir(self.path())
@@ -42,6 +46,7 @@ impl Project {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("PRICE_API_KEY", SECRET_VALUE)
+            .envs(env.iter().copied())
             .env_remove("AWS_PROFILE")
             .env_remove("DEPLOYER_CONFIG")
             .output()
@@ -574,6 +579,23 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
         "{mutating:#}"
     );
     assert_eq!(mutating["ECS.RegisterTaskDefinition"], 1, "{mutating:#}");
+
+    // A rotated secret: same task definition (it holds the parameter ARN), but running tasks
+    // read the old value, so new tasks are started. The new value is never printed.
+    let rotated = "sk-rotated-0a1b2c3d-never-print-me";
+    let r = p.run_env(
+        &["up", "--image", &new_image, "--json"],
+        &[("PRICE_API_KEY", rotated)],
+    );
+    assert!(!r.stdout.contains(rotated) && !r.stderr.contains(rotated));
+    let r = r.expect(0).json();
+    assert_eq!(r["secrets"][0]["action"], "updated", "{r:#}");
+    assert_eq!(r["services"][0]["registered"], false, "{r:#}");
+    assert_eq!(
+        r["api_calls"]["mutating"]["ECS.UpdateService"], 1,
+        "{:#}",
+        r["api_calls"]
+    );
 
     p.run(&["destroy", "--yes"]).expect(0);
 }
