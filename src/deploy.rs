@@ -11,9 +11,9 @@ use crate::config::{Config, Loaded, StackPart};
 use crate::error::{Error, Result};
 use crate::image::{self, Platform, PublishRequest, PublishedImage};
 use crate::rollout::{taskdef, track};
-use crate::secrets;
 use crate::stacks::{self, Applied, ApplyAction, StackPlan, StackSpec, Wait, templates};
 use crate::ui::Ui;
+use crate::{interrupt, secrets};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -298,7 +298,12 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     };
     let registry_and_images = async {
         let applied = infra(&registry).await?;
-        let images = build_images(c, &ctx.loaded.dir, &cl.ecr, flags, true, ui).await?;
+        let images = interrupt::or_interrupted(
+            build_images(c, &ctx.loaded.dir, &cl.ecr, flags, true, ui),
+            "the image build",
+            "the build was stopped; no service was changed",
+        )
+        .await?;
         Ok::<_, Error>((applied, images))
     };
     let network_fut = async {
@@ -500,7 +505,14 @@ async fn deploy_service(
     let state = if applied.action == ApplyAction::Unchanged && !forced {
         track::describe(&cl.ecs, cluster, name).await?
     } else {
-        Some(track::wait_deployed(&cl.ecs, cluster, name, &arn, rollout_wait, ui).await?)
+        Some(
+            interrupt::or_interrupted(
+                track::wait_deployed(&cl.ecs, cluster, name, &arn, rollout_wait, ui),
+                &format!("the rollout of {name}"),
+                "the deployment goes on in ECS (the circuit breaker rolls it back if it fails); watch it with `deployer status`",
+            )
+            .await?,
+        )
     };
     let report = ServiceReport {
         service: name.to_string(),

@@ -52,3 +52,37 @@ pub fn subscribe() -> watch::Receiver<bool> {
 pub fn requested() -> bool {
     *sender().borrow()
 }
+
+/// Run `fut` unless Ctrl-C arrives first; then drop it (which aborts an in-flight build or
+/// push: the engine stops when its connection closes) and report what was stopped.
+/// `left` says what state that leaves (e.g. "nothing was deployed").
+pub async fn or_interrupted<T>(
+    fut: impl std::future::Future<Output = crate::error::Result<T>>,
+    what: &str,
+    left: &str,
+) -> crate::error::Result<T> {
+    let mut rx = subscribe();
+    if requested() {
+        return Err(interrupted(what, left));
+    }
+    tokio::select! {
+        r = fut => r,
+        _ = rx.changed() => Err(interrupted(what, left)),
+    }
+}
+
+fn interrupted(what: &str, left: &str) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ExitCode::Interrupted,
+        format!("interrupted during {what}: {left}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_finished_future_is_not_interrupted() {
+        let r = super::or_interrupted(async { Ok(7) }, "a step", "nothing changed").await;
+        assert_eq!(r.unwrap(), 7);
+    }
+}

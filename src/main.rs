@@ -156,9 +156,12 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
         } => {
             let loaded = load(g, overrides)?;
             let clients = clients(g, &loaded).await?;
-            let images =
-                deploy::build_images(&loaded.config, &loaded.dir, &clients.ecr, image, *push, ui)
-                    .await?;
+            let images = interrupt::or_interrupted(
+                deploy::build_images(&loaded.config, &loaded.dir, &clients.ecr, image, *push, ui),
+                "the image build",
+                "the build was stopped",
+            )
+            .await?;
             if images.is_empty() {
                 return Err(Error::bad_input(format!(
                     "{}: no service has a `build:` section; nothing to build",

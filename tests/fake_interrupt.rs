@@ -146,7 +146,28 @@ fn fast() -> Wait {
 }
 
 #[tokio::test]
-async fn fake_ctrl_c_deletes_a_stack_being_created_and_cancels_an_update() {
+async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a_build() {
+    // 0. (First: the interrupt is process-global and stays raised.) Interrupted build or
+    //    rollout wait, no stack involved: the step is dropped at once
+    //    and the error says what was stopped (exit 130).
+    let never = std::future::pending::<deployer::error::Result<()>>();
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        deployer::interrupt::trigger();
+    });
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        deployer::interrupt::or_interrupted(never, "the image build", "nothing was deployed"),
+    )
+    .await
+    .expect("Ctrl-C did not stop the step")
+    .expect_err("an interrupted step must not report success");
+    assert_eq!(err.code, ExitCode::Interrupted);
+    assert_eq!(
+        err.message,
+        "interrupted during the image build: nothing was deployed"
+    );
+
     // 1. Interrupted create: the stack is deleted and the error says so (exit 130).
     let state = Arc::new(AtomicU8::new(BEFORE));
     let s = state.clone();
