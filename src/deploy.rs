@@ -571,6 +571,8 @@ pub struct PlanReport {
     pub project: String,
     pub stacks: Vec<StackPlan>,
     pub task_definitions: Vec<TaskDefPlan>,
+    /// What `up` would do with each secret (never its value).
+    pub secrets: Vec<secrets::SecretOutcome>,
     pub changes: bool,
 }
 
@@ -678,12 +680,25 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         };
         stack_plans.push(plan);
     }
+    // Secrets: a missing value is bad input here too; a new or changed value is a change.
+    let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
+    let mut secret_plans = Vec::new();
+    for p in &pending {
+        secret_plans.push(secrets::SecretOutcome {
+            parameter: p.parameter.clone(),
+            action: secrets::compare(&cl.ssm, p).await?,
+        });
+    }
     let changes = stack_plans.iter().any(StackPlan::has_changes)
-        || td_plans.iter().any(|t| t.action != "unchanged");
+        || td_plans.iter().any(|t| t.action != "unchanged")
+        || secret_plans
+            .iter()
+            .any(|s| matches!(s.action, "created" | "updated"));
     Ok(PlanReport {
         project: c.project.clone(),
         stacks: stack_plans,
         task_definitions: td_plans,
+        secrets: secret_plans,
         changes,
     })
 }

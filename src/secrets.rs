@@ -80,6 +80,38 @@ async fn exists(ssm: &aws_sdk_ssm::Client, parameter: &str) -> Result<bool> {
     }
 }
 
+/// What `apply` would do with one secret, without writing: kept (not in the environment),
+/// unchanged, updated or created. Reading back with decryption is what makes a no-op deploy
+/// free of writes.
+pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<&'static str> {
+    let Some(value) = &p.value else {
+        return Ok("kept");
+    };
+    match ssm
+        .get_parameter()
+        .name(&p.parameter)
+        .with_decryption(true)
+        .send()
+        .await
+    {
+        Ok(o) => Ok(match o.parameter().and_then(|p| p.value()) {
+            Some(current) if current == value.expose_secret() => "unchanged",
+            _ => "updated",
+        }),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok("created")
+        }
+        Err(e) => Err(Error::failure(format!(
+            "read SSM parameter {}: {}",
+            p.parameter,
+            describe_err(&e)
+        ))),
+    }
+}
+
 /// Write the secrets whose value changed. Reading back with decryption is what makes a
 /// no-op deploy free of writes.
 pub async fn apply(
@@ -90,52 +122,19 @@ pub async fn apply(
 ) -> Result<Vec<SecretOutcome>> {
     let mut outcomes = Vec::new();
     for p in pending {
-        let Some(value) = &p.value else {
+        let action = compare(ssm, p).await?;
+        if action == "kept" {
             ui.detail(format!(
                 "{}: not in the environment; keeping the stored value",
                 p.parameter
             ));
-            outcomes.push(SecretOutcome {
-                parameter: p.parameter.clone(),
-                action: "kept",
-            });
+        }
+        outcomes.push(SecretOutcome {
+            parameter: p.parameter.clone(),
+            action,
+        });
+        let (Some(value), "created" | "updated") = (&p.value, action) else {
             continue;
-        };
-        let current = match ssm
-            .get_parameter()
-            .name(&p.parameter)
-            .with_decryption(true)
-            .send()
-            .await
-        {
-            Ok(o) => o
-                .parameter()
-                .and_then(|p| p.value())
-                .map(|v| SecretString::from(v.to_string())),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_not_found()) =>
-            {
-                None
-            }
-            Err(e) => {
-                return Err(Error::failure(format!(
-                    "read SSM parameter {}: {}",
-                    p.parameter,
-                    describe_err(&e)
-                )));
-            }
-        };
-        let action = match &current {
-            Some(c) if c.expose_secret() == value.expose_secret() => {
-                outcomes.push(SecretOutcome {
-                    parameter: p.parameter.clone(),
-                    action: "unchanged",
-                });
-                continue;
-            }
-            Some(_) => "updated",
-            None => "created",
         };
         ssm.put_parameter()
             .name(&p.parameter)
@@ -173,10 +172,6 @@ pub async fn apply(
                 ))
             })?;
         ui.step(format!("secret {}: {action}", p.parameter));
-        outcomes.push(SecretOutcome {
-            parameter: p.parameter.clone(),
-            action,
-        });
     }
     Ok(outcomes)
 }

@@ -165,6 +165,15 @@ pub fn plan_text(r: &PlanReport) -> String {
             let _ = writeln!(s, "  {d}");
         }
     }
+    for x in &r.secrets {
+        let verb = match x.action {
+            "created" => "create",
+            "updated" => "update (new tasks will read it)",
+            "kept" => "keep the stored value (not in the environment)",
+            _ => "no change",
+        };
+        let _ = writeln!(s, "secret {}: {verb}", x.parameter);
+    }
     let _ = writeln!(
         s,
         "{}",

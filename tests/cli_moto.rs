@@ -208,6 +208,22 @@ async fn up_noop_plan_change_status_destroy() {
 
     // 3. plan --exit-code: 0 without changes, 2 with a cpu change; nothing applied by plan.
     p.run(&["plan", "--exit-code"]).expect(0);
+    // A rotated secret is a pending change too (the value itself is never shown).
+    let rotated = p.run_env(
+        &["plan", "--exit-code"],
+        &[("PRICE_API_KEY", "sk-rotated-plan-never-print-me")],
+    );
+    assert!(
+        !rotated.stdout.contains("never-print-me") && !rotated.stderr.contains("never-print-me")
+    );
+    let rotated = rotated.expect(2);
+    assert!(
+        rotated
+            .stdout
+            .contains("secret /it-lifecycle/flow/PRICE_API_KEY: update"),
+        "{}",
+        rotated.stdout
+    );
     let planned = p
         .run(&[
             "plan",
