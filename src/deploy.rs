@@ -386,6 +386,14 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     if let Some(first) = errors.into_iter().next() {
         return Err(first);
     }
+    for orphan in stacks::service_stacks(&cl.cfn, &c.project).await? {
+        if !applied_stacks.iter().any(|a| a.stack == orphan) {
+            ui.warn(format!(
+                "{orphan}: its service is no longer in {} but keeps running; delete the stack (or run `deployer destroy`) to stop it",
+                ctx.loaded.path.display()
+            ));
+        }
+    }
     write_artifacts(out_dir, &services)?;
     let unchanged = applied_stacks
         .iter()

@@ -38,6 +38,12 @@ async fn owned_stacks(c: &Config, cl: &Clients) -> Result<Vec<String>> {
             }
         }
     }
+    // Services removed from the config since they were deployed are still ours to delete.
+    for name in stacks::service_stacks(&cl.cfn, &c.project).await? {
+        if !found.contains(&name) {
+            found.push(name);
+        }
+    }
     if !foreign.is_empty() {
         return Err(Error::failure(format!(
             "refusing to destroy: stack(s) {} lack the tags managed-by=deployer, project={}",
@@ -98,11 +104,11 @@ async fn run(
 ) -> Result<()> {
     let has = |n: &str| existing.iter().any(|e| e == n);
     // 1. Services, all at once.
-    let services: Vec<String> = c
-        .services
-        .keys()
-        .map(|s| c.stack_name(StackPart::Service(s)))
-        .filter(|n| has(n))
+    let svc_prefix = format!("{}-svc-", c.project);
+    let services: Vec<String> = existing
+        .iter()
+        .filter(|n| n.starts_with(&svc_prefix))
+        .cloned()
         .collect();
     let results = futures::future::join_all(
         services
@@ -115,9 +121,21 @@ async fn run(
         report.deleted_stacks.push(n.clone());
     }
     // 2. Task definition revisions the deployer registered.
-    for service in c.services.keys() {
-        report.deregistered_task_definitions +=
-            deregister_family(cl, &taskdef::family(&c.project, service), ui).await?;
+    let mut families: Vec<String> = c
+        .services
+        .keys()
+        .map(|s| taskdef::family(&c.project, s))
+        .collect();
+    families.extend(
+        services
+            .iter()
+            .filter_map(|n| n.strip_prefix(&svc_prefix))
+            .map(|s| taskdef::family(&c.project, s)),
+    );
+    families.sort();
+    families.dedup();
+    for family in &families {
+        report.deregistered_task_definitions += deregister_family(cl, family, ui).await?;
     }
     // 3. Cluster, then network (its subnets were in use until the services were gone).
     let mut ordered = vec![c.stack_name(StackPart::Cluster)];

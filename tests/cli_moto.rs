@@ -661,3 +661,37 @@ async fn rollback_goes_to_the_previous_revision_and_up_rolls_forward() {
 
     p.run(&["destroy", "--yes"]).expect(0);
 }
+
+#[tokio::test]
+async fn a_service_removed_from_the_config_is_flagged_by_up_and_removed_by_destroy() {
+    let two = format!("{}  other:\n    image: {IMAGE}\n", service_yaml());
+    let p = Project::new("it-orphan", &two);
+    p.run(&["up"]).expect(0);
+    // `other` leaves the config: it keeps running, and `up` says so.
+    let one = Project::new("it-orphan", &service_yaml());
+    std::fs::copy(
+        one.path().join("deployer.yaml"),
+        p.path().join("deployer.yaml"),
+    )
+    .unwrap();
+    let r = p.run(&["up"]).expect(0);
+    assert!(
+        r.stderr.contains("it-orphan-svc-other") && r.stderr.contains("keeps running"),
+        "{}",
+        r.stderr
+    );
+    // destroy removes it with the rest, and deregisters its task definitions.
+    let gone = p.run(&["destroy", "--yes", "--json"]).expect(0).json();
+    let deleted = gone["deleted_stacks"].to_string();
+    assert!(deleted.contains("it-orphan-svc-other"), "{gone:#}");
+    let cl = clients().await;
+    let tds = cl
+        .ecs
+        .list_task_definitions()
+        .family_prefix("it-orphan-other")
+        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+        .send()
+        .await
+        .unwrap();
+    assert!(tds.task_definition_arns().is_empty(), "{tds:?}");
+}

@@ -378,6 +378,36 @@ async fn delete_change_set(cfn: &Client, stack: &str, name: &str) {
         .await;
 }
 
+/// Service stacks (`<project>-svc-*`) of this project that exist and carry its tags, whether
+/// or not the config still lists the service: a service removed from the config keeps
+/// running until its stack is deleted, and `destroy` must find it.
+pub async fn service_stacks(cfn: &Client, project: &str) -> Result<Vec<String>> {
+    let prefix = format!("{project}-svc-");
+    let mut out = Vec::new();
+    let mut pages = cfn.describe_stacks().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| Error::failure(format!("list stacks: {}", describe_err(&e))))?;
+        for st in page.stacks() {
+            let name = st.stack_name().unwrap_or_default();
+            let tags: BTreeMap<String, String> = st
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                .collect();
+            if name.starts_with(&prefix)
+                && st.stack_status() != Some(&StackStatus::DeleteComplete)
+                && super::owned_by(&tags, project)
+            {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Bring one stack to `spec`: create, update, recreate after a failed create, or nothing.
 pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Result<Applied> {
     let mut live = describe(cfn, &spec.name).await?;

@@ -5,7 +5,8 @@ mod engine;
 pub mod templates;
 
 pub use engine::{
-    Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, Wait, apply, delete, describe, plan,
+    Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, Wait, apply, delete, describe,
+    plan, service_stacks,
 };
 
 use std::collections::BTreeMap;
