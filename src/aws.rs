@@ -150,6 +150,17 @@ pub struct Identity {
     pub arn: String,
 }
 
+impl Identity {
+    /// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) from the caller's own ARN.
+    pub fn partition(&self) -> &str {
+        self.arn
+            .split(':')
+            .nth(1)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("aws")
+    }
+}
+
 pub async fn identity(sts: &aws_sdk_sts::Client) -> Result<Identity> {
     let out = sts.get_caller_identity().send().await.map_err(|e| {
         Error::failure(format!("cannot verify AWS credentials (sts:GetCallerIdentity): {}", describe(&e)))
@@ -189,4 +200,24 @@ where
     err.as_service_error()
         .and_then(|e| e.message())
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::Identity;
+
+    #[test]
+    fn partition_comes_from_the_callers_arn() {
+        let id = |arn: &str| Identity {
+            account: "1".into(),
+            arn: arn.into(),
+        };
+        assert_eq!(id("arn:aws:iam::1:user/a").partition(), "aws");
+        assert_eq!(
+            id("arn:aws-cn:sts::1:assumed-role/r/s").partition(),
+            "aws-cn"
+        );
+        assert_eq!(id("arn:aws-us-gov:iam::1:role/r").partition(), "aws-us-gov");
+        assert_eq!(id("").partition(), "aws");
+    }
 }

@@ -448,6 +448,7 @@ async fn deploy_service(
         image,
         region: &cl.region,
         account: &identity.account,
+        partition: identity.partition(),
         execution_role_arn: exec_role,
         task_role_arn: task_role,
     });
@@ -639,6 +640,7 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
             image: &image,
             region: &cl.region,
             account: &identity.account,
+            partition: identity.partition(),
             execution_role_arn: &out("ExecutionRoleArn"),
             task_role_arn: &out("TaskRoleArn"),
         });
@@ -855,6 +857,7 @@ mod tests {
                 image: "i",
                 region: "r",
                 account: "a",
+                partition: "aws",
                 execution_role_arn: "e",
                 task_role_arn: "t",
             })

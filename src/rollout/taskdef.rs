@@ -90,6 +90,8 @@ pub struct RenderInput<'a> {
     pub image: &'a str,
     pub region: &'a str,
     pub account: &'a str,
+    /// ARN partition: `aws`, `aws-cn` or `aws-us-gov`.
+    pub partition: &'a str,
     pub execution_role_arn: &'a str,
     pub task_role_arn: &'a str,
 }
@@ -115,8 +117,8 @@ pub fn render(i: &RenderInput<'_>) -> TaskDef {
         .map(|name| SecretRef {
             name: name.clone(),
             value_from: format!(
-                "arn:aws:ssm:{}:{}:parameter/{}/{}/{name}",
-                i.region, i.account, i.project, i.service_name
+                "arn:{}:ssm:{}:{}:parameter/{}/{}/{name}",
+                i.partition, i.region, i.account, i.project, i.service_name
             ),
         })
         .collect();
@@ -432,6 +434,7 @@ mod tests {
             image: "repo@sha256:1",
             region: "us-east-1",
             account: "123",
+            partition: "aws",
             execution_role_arn: "arn:exec",
             task_role_arn: "arn:task",
         });
