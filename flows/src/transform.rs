@@ -1,0 +1,222 @@
+//! Transform: quotes -> typed rows -> one Parquet file per Hive partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::TimestampMicrosecondArray;
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use uuid::Uuid;
+
+use crate::source::Quote;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceRow {
+    pub symbol: String,
+    pub currency: String,
+    pub price: f64,
+    pub observed_at: DateTime<Utc>,
+    pub run_id: Uuid,
+    pub iteration: u64,
+}
+
+pub fn to_rows(
+    quotes: &[Quote],
+    observed_at: DateTime<Utc>,
+    run_id: Uuid,
+    iteration: u64,
+) -> Vec<PriceRow> {
+    quotes
+        .iter()
+        .map(|q| PriceRow {
+            symbol: q.symbol.clone(),
+            currency: q.currency.clone(),
+            price: q.price,
+            observed_at,
+            run_id,
+            iteration,
+        })
+        .collect()
+}
+
+/// A Hive partition: `symbol=BTC/date=2026-11-25`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Partition {
+    pub symbol: String,
+    pub date: String,
+}
+
+impl Partition {
+    /// Object key below the sink prefix. Named after the run id so a replayed or retried
+    /// iteration overwrites its own file instead of adding rows.
+    pub fn key(&self, run_id: Uuid) -> String {
+        format!(
+            "symbol={}/date={}/{run_id}.parquet",
+            sanitize(&self.symbol),
+            self.date
+        )
+    }
+}
+
+/// Keeps partition values path-safe whatever the API sends as a symbol.
+fn sanitize(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn partition(rows: Vec<PriceRow>) -> BTreeMap<Partition, Vec<PriceRow>> {
+    let mut parts: BTreeMap<Partition, Vec<PriceRow>> = BTreeMap::new();
+    for row in rows {
+        let key = Partition {
+            symbol: row.symbol.clone(),
+            date: row.observed_at.format("%Y-%m-%d").to_string(),
+        };
+        parts.entry(key).or_default().push(row);
+    }
+    parts
+}
+
+/// File schema. `symbol` and `date` live in the path only: Athena/Glue reject a partition
+/// key that is also a file column, and DuckDB/pyarrow add them back from the path.
+pub fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("currency", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new(
+            "observed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("iteration", DataType::Int64, false),
+    ]))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("encoding Parquet failed: {0}")]
+pub struct EncodeError(String);
+
+pub fn to_parquet(rows: &[PriceRow]) -> Result<Vec<u8>, EncodeError> {
+    let err = |e: &dyn std::fmt::Display| EncodeError(e.to_string());
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.currency.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.price))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                rows.iter().map(|r| r.observed_at.timestamp_micros()),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.run_id.to_string()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter()
+                .map(|r| i64::try_from(r.iteration).unwrap_or(i64::MAX)),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema(), columns).map_err(|e| err(&e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut out = Vec::with_capacity(2048);
+    let mut writer =
+        ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(|e| err(&e))?;
+    writer.write(&batch).map_err(|e| err(&e))?;
+    writer.close().map_err(|e| err(&e))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn quotes() -> Vec<Quote> {
+        vec![
+            Quote {
+                symbol: "BTC".into(),
+                currency: "USD".into(),
+                price: 91234.5,
+            },
+            Quote {
+                symbol: "ETH".into(),
+                currency: "USD".into(),
+                price: 3000.25,
+            },
+        ]
+    }
+
+    #[test]
+    fn rows_carry_run_and_iteration() {
+        let run = Uuid::new_v4();
+        let t = DateTime::parse_from_rfc3339("2026-11-25T23:59:59Z")
+            .unwrap()
+            .to_utc();
+        let rows = to_rows(&quotes(), t, run, 7);
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|r| r.run_id == run && r.iteration == 7 && r.observed_at == t)
+        );
+        let parts = partition(rows);
+        let keys: Vec<_> = parts.keys().map(|p| p.key(run)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                format!("symbol=BTC/date=2026-11-25/{run}.parquet"),
+                format!("symbol=ETH/date=2026-11-25/{run}.parquet"),
+            ]
+        );
+    }
+
+    #[test]
+    fn partition_values_are_path_safe() {
+        let p = Partition {
+            symbol: "../x/y".into(),
+            date: "2026-01-01".into(),
+        };
+        assert!(!p.key(Uuid::nil()).contains(".."));
+        assert_eq!(p.key(Uuid::nil()).matches('/').count(), 2);
+    }
+
+    #[test]
+    fn parquet_round_trips() {
+        let run = Uuid::new_v4();
+        let t = Utc::now();
+        let rows = to_rows(&quotes(), t, run, 3);
+        let bytes = to_parquet(&rows).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        let b = &batches[0];
+        let price = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(price.value(0), 91234.5);
+        let ts = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(1), t.timestamp_micros());
+        assert_eq!(ts.timezone(), Some("UTC"));
+        assert!(!price.is_null(0));
+    }
+}
