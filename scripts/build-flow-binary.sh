@@ -5,13 +5,20 @@
 #
 #   scripts/build-flow-binary.sh target/flow-image
 #
+# Without OUT_DIR it stages into DEPLOYER_CONTEXT, the absolute build context the deployer
+# exports to prebuild commands, so `prebuild: scripts/build-flow-binary.sh` is enough.
+#
 # The binary is built with its own CARGO_TARGET_DIR (default target/static) so the static
 # RUSTFLAGS do not invalidate the normal build cache. The Rust target comes from
 # DEPLOYER_RUST_TARGET (set by the deployer from the service's architecture), default
 # x86_64-unknown-linux-gnu.
 set -euo pipefail
 
-out_dir="${1:?usage: build-flow-binary.sh OUT_DIR}"
+out_dir="${1:-${DEPLOYER_CONTEXT:-}}"
+if [ -z "${out_dir}" ]; then
+  echo "usage: build-flow-binary.sh OUT_DIR (or run it as a deployer prebuild step, which sets DEPLOYER_CONTEXT)" >&2
+  exit 2
+fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${DEPLOYER_RUST_TARGET:-x86_64-unknown-linux-gnu}"
 target_dir="${FLOW_CARGO_TARGET_DIR:-${repo}/target/static}"
@@ -23,7 +30,9 @@ if [ ! -f "${ca_bundle}" ]; then
 fi
 
 # --target makes RUSTFLAGS apply to the flow only, not to build scripts and proc macros.
+# One codegen unit: ~7 % smaller (9.5 MB instead of 10.2 MB stripped), for one binary.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_TARGET_DIR="${target_dir}" \
+  CARGO_PROFILE_RELEASE_CODEGEN_UNITS="${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}" \
   cargo build --release --locked -p price-stream --target "${target}" \
   --manifest-path "${repo}/Cargo.toml"
 
@@ -39,5 +48,8 @@ stage() { cmp -s "$1" "$2" || cp "$1" "$2"; }
 stage "${binary}" "${out_dir}/price-stream"
 stage "${ca_bundle}" "${out_dir}/ca-certificates.crt"
 stage "${repo}/flows/Dockerfile" "${out_dir}/Dockerfile"
+# The image's writable /tmp (see flows/Dockerfile).
+mkdir -p "${out_dir}/tmp"
+[ -f "${out_dir}/tmp/.keep" ] || : > "${out_dir}/tmp/.keep"
 chmod 0755 "${out_dir}/price-stream"
 chmod 0644 "${out_dir}/ca-certificates.crt" "${out_dir}/Dockerfile"

@@ -3,7 +3,8 @@
 #   1. Python venvs with pinned moto[server] + cfn-lint and Prefect (reused when the pins match);
 #   2. the Docker daemon if `docker info` fails, and a local registry (Debian docker-registry);
 #   3. moto (AWS APIs) and a Prefect server with a throw-away PREFECT_HOME, on free loopback ports;
-#   4. cfn-lint on templates/, then every Rust test (cargo nextest, or cargo test without it);
+#   4. cfn-lint on templates/, the static flow binary, then every Rust test (cargo nextest,
+#      or cargo test without it);
 #   5. stops everything it started.
 # Extra arguments go to the test runner (e.g. scripts/test.sh -E 'test(config)').
 set -euo pipefail
@@ -30,6 +31,13 @@ venv "$root/.venv-prefect" "$PREFECT_PIN" &
 venv_prefect=$!
 
 ensure_dockerd "$run/dockerd.log"
+
+# The static flow binary (release, +crt-static) that the image tests put in the default image:
+# built up front, while pip works, so no test pays a multi-minute compile while others
+# measure timings.
+log "static flow binary (scripts/build-flow-binary.sh)"
+scripts/build-flow-binary.sh "$run/flow-image" >"$run/flow-binary.log" 2>&1 &
+flow_binary=$!
 
 registry_port=$(free_port)
 scripts/start-registry.sh "$registry_port" "$run/registry" >&2
@@ -59,6 +67,8 @@ log "cfn-lint templates/"
 wait_http "$DEPLOYER_TEST_MOTO_URL/moto-api/" 60 "$run/moto.log"
 wait_http "$DEPLOYER_TEST_PREFECT_URL/health" 120 "$run/prefect.log"
 log "moto $DEPLOYER_TEST_MOTO_URL, prefect $DEPLOYER_TEST_PREFECT_URL, registry $DEPLOYER_TEST_REGISTRY"
+
+wait "$flow_binary" || { log "static flow binary failed"; tail -40 "$run/flow-binary.log" >&2; exit 1; }
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -219,6 +219,11 @@ pub async fn build_images(
         req.platform = platform(s);
         req.registry_override = flags.registry.clone();
         req.require_clean = flags.require_clean;
+        req.hidden_env = c
+            .services
+            .values()
+            .flat_map(|s| s.secrets.iter().cloned())
+            .collect();
         req.push = push;
         ui.step(format!("{name}: image ({})", req.platform));
         let image = image::publish(&req, ecr, ui).await?;

@@ -55,18 +55,19 @@ pub struct DockerIgnore {
     patterns: Vec<Pattern>,
 }
 
-/// A pattern Docker would reject (an unterminated `[` class).
+/// A pattern Docker would reject (an unterminated `[` class, a lone `!`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     pub pattern: String,
+    pub reason: &'static str,
 }
 
 impl fmt::Display for PatternError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "invalid .dockerignore pattern `{}`: unterminated `[`",
-            self.pattern
+            "invalid .dockerignore pattern `{}`: {}",
+            self.pattern, self.reason
         )
     }
 }
@@ -89,6 +90,12 @@ impl DockerIgnore {
             let exclusion = pattern.starts_with('!');
             if exclusion {
                 pattern = pattern[1..].trim();
+                if pattern.is_empty() {
+                    return Err(PatternError {
+                        pattern: "!".into(),
+                        reason: "illegal exclusion pattern (nothing after `!`)",
+                    });
+                }
             }
             let mut cleaned = if pattern.is_empty() {
                 String::new()
@@ -262,6 +269,7 @@ fn compile(text: String, exclusion: bool) -> Result<Pattern, PatternError> {
                 kind = Kind::Glob;
                 let (class, next) = parse_class(&chars, i).ok_or_else(|| PatternError {
                     pattern: text.clone(),
+                    reason: "unterminated `[`",
                 })?;
                 tokens.push(class);
                 i = next;

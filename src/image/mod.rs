@@ -110,6 +110,23 @@ impl Default for BuildSpec {
     }
 }
 
+/// The build recipe's part of a tag: 8 hex digits of a hash over everything besides the
+/// sources that shapes the image (context, Dockerfile, args, target, prebuild), so two
+/// services built from one commit with different recipes never share a tag (the second would
+/// otherwise find the first one's image "already pushed" and deploy it).
+pub fn recipe_hash(spec: &BuildSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let recipe = serde_json::json!({
+        "context": spec.context,
+        "dockerfile": spec.dockerfile,
+        "args": spec.args,
+        "target": spec.target,
+        "prebuild": spec.prebuild,
+    });
+    let digest = Sha256::digest(recipe.to_string().as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
 /// One `publish` call: build (and optionally push) the image of one service.
 #[derive(Debug, Clone)]
 pub struct PublishRequest<'a> {
@@ -130,9 +147,22 @@ pub struct PublishRequest<'a> {
     pub push: bool,
     /// Retries for transient push failures.
     pub retry: RetryPolicy,
+    /// Environment variables the prebuild command must not see (the deployer's secrets: a
+    /// build script has no business reading them, and its output is printed on failure).
+    pub hidden_env: Vec<String>,
 }
 
 impl<'a> PublishRequest<'a> {
+    /// `<source identity>-<recipe>[-arm64]`, e.g. `3f2a9c1d7e8b-1a2b3c4d`.
+    pub fn tag(&self, identity: &SourceIdentity) -> String {
+        let base = identity.tag(self.spec.tag, Platform::LinuxAmd64);
+        let recipe = recipe_hash(self.spec);
+        match self.platform {
+            Platform::LinuxAmd64 => format!("{base}-{recipe}"),
+            Platform::LinuxArm64 => format!("{base}-{recipe}-arm64"),
+        }
+    }
+
     /// A request with defaults: linux/amd64, ECR, dirty trees allowed, push on.
     pub fn new(spec: &'a BuildSpec, base_dir: &'a Path, repository: impl Into<String>) -> Self {
         Self {
@@ -144,6 +174,7 @@ impl<'a> PublishRequest<'a> {
             require_clean: false,
             push: true,
             retry: RetryPolicy::default(),
+            hidden_env: Vec::new(),
         }
     }
 }
@@ -168,6 +199,9 @@ pub struct PublishedImage {
     pub bytes_pushed: u64,
     /// Size of the build context tar sent to the engine.
     pub context_bytes: u64,
+    /// Dockerfile steps run, and how many of them came from the engine's layer cache.
+    pub build_steps: u32,
+    pub cached_steps: u32,
     pub build_seconds: f64,
     pub push_seconds: f64,
 }
@@ -223,14 +257,14 @@ pub async fn publish(
     // unchanged commit costs one API call (no prebuild, no build, no push).
     if let Some(state) = &git {
         let identity = SourceIdentity::Git(state.clone());
-        let tag = identity.tag(req.spec.tag, req.platform);
+        let tag = req.tag(&identity);
         if let Some(done) = existing(req, &registry, &repo_ref, &tag, ecr, &mut docker, ui).await? {
             return Ok(done);
         }
     }
 
     if let Some(command) = &req.spec.prebuild {
-        prebuild(command, req.base_dir, &context_dir, req.platform, ui).await?;
+        prebuild(command, req, &context_dir, ui).await?;
     }
     let context = BuildContext::open(&context_dir, &req.spec.dockerfile)?;
 
@@ -246,7 +280,7 @@ pub async fn publish(
             let identity = SourceIdentity::Context {
                 sha256: stats.sha256,
             };
-            let tag = identity.tag(req.spec.tag, req.platform);
+            let tag = req.tag(&identity);
             if let Some(done) =
                 existing(req, &registry, &repo_ref, &tag, ecr, &mut docker, ui).await?
             {
@@ -255,7 +289,7 @@ pub async fn publish(
             identity
         }
     };
-    let tag = identity.tag(req.spec.tag, req.platform);
+    let tag = req.tag(&identity);
     let tagged_ref = format!("{repo_ref}:{tag}");
     let docker = match docker {
         Some(d) => d,
@@ -287,6 +321,8 @@ pub async fn publish(
         layers_skipped: 0,
         bytes_pushed: 0,
         context_bytes: built.context.tar_bytes,
+        build_steps: built.steps,
+        cached_steps: built.cached_steps,
         build_seconds: built.seconds,
         push_seconds: 0.0,
     };
@@ -349,6 +385,8 @@ async fn existing(
             layers_skipped: 0,
             bytes_pushed: 0,
             context_bytes: 0,
+            build_steps: 0,
+            cached_steps: 0,
             build_seconds: 0.0,
             push_seconds: started.elapsed().as_secs_f64(),
         }
@@ -444,16 +482,20 @@ fn validate_repository(name: &str) -> Result<()> {
 /// and, on failure, in the error.
 async fn prebuild(
     command: &str,
-    base_dir: &Path,
+    req: &PublishRequest<'_>,
     context_dir: &Path,
-    platform: Platform,
     ui: &Ui,
 ) -> Result<()> {
+    let (base_dir, platform) = (req.base_dir, req.platform);
     let started = Instant::now();
     let spinner = ui.spinner(format!("prebuild: {command}"));
     let context_abs =
         std::path::absolute(context_dir).unwrap_or_else(|_| context_dir.to_path_buf());
-    let output = tokio::process::Command::new("sh")
+    let mut cmd = tokio::process::Command::new("sh");
+    for name in &req.hidden_env {
+        cmd.env_remove(name);
+    }
+    let output = cmd
         .arg("-c")
         .arg(command)
         .current_dir(base_dir)
@@ -491,6 +533,25 @@ async fn prebuild(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn recipe_hash_separates_services_built_differently_from_one_commit() {
+        let base = BuildSpec::default();
+        let same = BuildSpec::default();
+        assert_eq!(recipe_hash(&base), recipe_hash(&same));
+        assert_eq!(recipe_hash(&base).len(), 8);
+        let other_context = BuildSpec {
+            context: "services/b".into(),
+            ..BuildSpec::default()
+        };
+        let other_args = BuildSpec {
+            args: BTreeMap::from([("SOURCE".to_string(), "b".to_string())]),
+            ..BuildSpec::default()
+        };
+        assert_ne!(recipe_hash(&base), recipe_hash(&other_context));
+        assert_ne!(recipe_hash(&base), recipe_hash(&other_args));
+        assert_ne!(recipe_hash(&other_context), recipe_hash(&other_args));
+    }
+
     use super::*;
 
     #[test]

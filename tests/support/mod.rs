@@ -1,0 +1,269 @@
+//! Shared helpers of the image tests (tests/image_*.rs): the real Docker engine, the local
+//! registry and moto that scripts/test.sh starts. Nothing here skips a test: a missing
+//! component is a panic that says how to provide it.
+#![allow(dead_code)]
+
+use bollard::Docker;
+use futures::StreamExt;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `127.0.0.1:PORT` of the local registry (scripts/test.sh exports it).
+pub fn registry() -> String {
+    std::env::var("DEPLOYER_TEST_REGISTRY").expect(
+        "DEPLOYER_TEST_REGISTRY is not set: run the suite with scripts/test.sh, or start a \
+         registry with `scripts/start-registry.sh PORT DIR` and export \
+         DEPLOYER_TEST_REGISTRY=127.0.0.1:PORT",
+    )
+}
+
+/// moto's URL (scripts/test.sh exports it).
+pub fn moto_url() -> String {
+    std::env::var("DEPLOYER_TEST_MOTO_URL").expect(
+        "DEPLOYER_TEST_MOTO_URL is not set: run the suite with scripts/test.sh (it starts moto)",
+    )
+}
+
+/// The repository root (the deployer package).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name unique to this process and call: registry and moto state outlive a test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = (u64::from(std::process::id()) << 20 ^ u64::from(nanos)) % 0xff_ffff;
+    format!("{prefix}-{n:06x}")
+}
+
+pub async fn docker() -> Docker {
+    deployer::image::build::connect()
+        .await
+        .expect("the Docker engine must be reachable (scripts/test.sh starts dockerd if needed)")
+}
+
+pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, content).expect("write");
+}
+
+/// A C program that prints `message` and exits with `code`, for a FROM scratch image.
+pub fn c_program(message: &str, code: i32) -> String {
+    format!(
+        "#include <stdio.h>\nint main(void) {{ fputs({message:?} \"\\n\", stderr); puts(\"stdout: {message}\"); return {code}; }}\n"
+    )
+}
+
+/// The command line that compiles `src` into a static `out` (used as a `prebuild` step too).
+pub fn gcc_static(src: &str, out: &str) -> String {
+    format!("gcc -static -O2 -o {out} {src}")
+}
+
+/// Compile `source` into a static binary at `out` (FROM scratch images have no libc).
+pub fn static_binary(out: &Path, source: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("main.c");
+    std::fs::write(&src, source).expect("write");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(gcc_static(
+            &src.display().to_string(),
+            &out.display().to_string(),
+        ))
+        .output()
+        .expect("gcc runs (install gcc and the static libc, Debian's libc6-dev)");
+    assert!(
+        status.status.success(),
+        "gcc -static failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+/// The manifest digest the registry serves for `repo:reference`, asked over its HTTP API
+/// (independently of the engine). None when the registry does not have it.
+pub fn manifest_digest(registry: &str, repo: &str, reference: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(registry).expect("registry reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let request = format!(
+        "HEAD /v2/{repo}/manifests/{reference} HTTP/1.1\r\nHost: {registry}\r\n\
+         Accept: application/vnd.docker.distribution.manifest.v2+json, \
+         application/vnd.oci.image.manifest.v1+json, \
+         application/vnd.docker.distribution.manifest.list.v2+json, \
+         application/vnd.oci.image.index.v1+json\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("docker-content-digest")
+            .then(|| value.trim().to_string())
+    })
+}
+
+/// Run `image` once with `cmd` through the engine API; returns (exit code, stdout+stderr).
+pub async fn run_once(docker: &Docker, image: &str, cmd: &[&str]) -> (i64, String) {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder};
+    let created = docker
+        .create_container(
+            None,
+            ContainerCreateBody {
+                image: Some(image.to_string()),
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                network_disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create a container from {image}: {e}"));
+    let id = created.id;
+    docker
+        .start_container(&id, None)
+        .await
+        .unwrap_or_else(|e| panic!("start {image} {cmd:?}: {e}"));
+    let mut code = None;
+    let mut wait = docker.wait_container(&id, None);
+    while let Some(item) = wait.next().await {
+        match item {
+            Ok(r) => code = Some(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = Some(c),
+            Err(e) => panic!("wait for {image}: {e}"),
+        }
+    }
+    let mut output = String::new();
+    let mut logs = docker.logs(
+        &id,
+        Some(
+            LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .build(),
+        ),
+    );
+    while let Some(Ok(chunk)) = logs.next().await {
+        output.push_str(&chunk.to_string());
+    }
+    let _ = docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    (code.expect("the engine reported no exit code"), output)
+}
+
+/// Remove local images by reference, ignoring absent ones.
+pub async fn remove_images(docker: &Docker, refs: &[&str]) {
+    use bollard::query_parameters::RemoveImageOptionsBuilder;
+    for r in refs {
+        let _ = docker
+            .remove_image(
+                r,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await;
+    }
+}
+
+/// Remove every local tag of `repository` (e.g. `127.0.0.1:5000/app`).
+pub async fn remove_repository_images(docker: &Docker, repository: &str) {
+    use bollard::query_parameters::ListImagesOptionsBuilder;
+    let filters = std::collections::HashMap::from([("reference", vec![format!("{repository}:*")])]);
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default();
+    let tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    remove_images(docker, &refs).await;
+}
+
+/// The real `deployer` binary, run in `dir` against moto with test credentials.
+pub fn deployer(dir: &Path, args: &[&str]) -> Run {
+    run_deployer(dir, args, &moto_url())
+}
+
+/// The real `deployer` binary for commands that must not call AWS: every AWS call goes to a
+/// closed local port and fails at once.
+pub fn deployer_offline(dir: &Path, args: &[&str]) -> Run {
+    run_deployer(dir, args, "http://127.0.0.1:9")
+}
+
+fn run_deployer(dir: &Path, args: &[&str], endpoint: &str) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .args(args)
+        .current_dir(dir)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        // A deploy-time secret value (tests list it under `secrets:` where they need one).
+        .env("BUILD_SECRET", "build-secret-never-in-prebuild")
+        .env_remove("AWS_PROFILE")
+        .env_remove("DEPLOYER_CONFIG")
+        .env_remove("DEPLOYER_REGISTRY")
+        .output()
+        .expect("run deployer");
+    Run::from(out)
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
