@@ -62,3 +62,4 @@ fi
 set -x
 "$deployer" up "${image_args[@]}"
 "$deployer" destroy --yes
+{ set +x; } 2>/dev/null
