@@ -1,19 +1,13 @@
 //! The real `deployer` binary against moto (started by scripts/test.sh, with the change-set
 //! patch in scripts/moto_server.py). Each test uses its own project name: moto's state is shared.
 
-use deployer::aws::{Clients, Target};
+mod support;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use support::{Run, SECRET_VALUE, clients};
 
 const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const SECRET_VALUE: &str = "sk-test-9f8e7d6c5b4a-never-print-me";
-
-fn moto_url() -> String {
-    std::env::var("DEPLOYER_TEST_MOTO_URL").expect(
-        "DEPLOYER_TEST_MOTO_URL is not set: run the suite with scripts/test.sh (it starts moto)",
-    )
-}
 
 struct Project {
     dir: tempfile::TempDir,
@@ -34,63 +28,11 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        self.run_env(args, &[])
+        support::deployer(self.path(), args)
     }
 
     fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
-            .args(args)
-            .current_dir(self.path())
-            .env("AWS_ENDPOINT_URL", moto_url())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("PRICE_API_KEY", SECRET_VALUE)
-            .envs(env.iter().copied())
-            .env_remove("AWS_PROFILE")
-            .env_remove("DEPLOYER_CONFIG")
-            .output()
-            .expect("run deployer");
-        Run::from(out)
-    }
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Self {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into(),
-            stderr: String::from_utf8_lossy(&o.stderr).into(),
-        }
-    }
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-    fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        assert!(
-            !self.stdout.contains(SECRET_VALUE) && !self.stderr.contains(SECRET_VALUE),
-            "secret value printed"
-        );
-        self
+        support::deployer_env(self.path(), args, env)
     }
 }
 
@@ -98,17 +40,6 @@ const SERVICE: &str = "  flow:\n    image: IMAGE\n    secrets: [PRICE_API_KEY]\n
 
 fn service_yaml() -> String {
     SERVICE.replace("IMAGE", IMAGE)
-}
-
-async fn clients() -> Clients {
-    Clients::new(&Target {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(moto_url()),
-        max_attempts: Some(1),
-        ..Target::default()
-    })
-    .await
-    .expect("clients")
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -521,15 +452,7 @@ fn bad_configs_exit_2_naming_file_and_key() {
 #[test]
 fn init_writes_a_valid_starter_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Run::from(
-            Command::new(env!("CARGO_BIN_EXE_deployer"))
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .unwrap(),
-        )
-    };
+    let run = |args: &[&str]| support::deployer_offline(dir.path(), args);
     run(&["init"]).expect(0);
     let text = std::fs::read_to_string(dir.path().join("deployer.yaml")).unwrap();
     assert!(text.contains("# "), "starter is commented");

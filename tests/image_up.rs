@@ -3,21 +3,9 @@
 
 mod support;
 
-use deployer::aws::{Clients, Target};
 use serde_json::Value;
 use std::path::Path;
 use support::*;
-
-async fn clients() -> Clients {
-    Clients::new(&Target {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(moto_url()),
-        max_attempts: Some(1),
-        ..Target::default()
-    })
-    .await
-    .expect("clients")
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")

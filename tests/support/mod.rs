@@ -1,5 +1,5 @@
-//! Shared helpers of the image tests (tests/image_*.rs): the real Docker engine, the local
-//! registry and moto that scripts/test.sh starts. Nothing here skips a test: a missing
+//! Shared helpers of the integration tests (tests/cli_moto.rs, tests/image_*.rs): the real
+//! `deployer` binary, the Docker engine, the local registry and moto that scripts/test.sh starts. Nothing here skips a test: a missing
 //! component is a panic that says how to provide it.
 #![allow(dead_code)]
 
@@ -202,18 +202,40 @@ pub async fn remove_repository_images(docker: &Docker, repository: &str) {
     remove_images(docker, &refs).await;
 }
 
+/// Deploy-time secret values in every run's environment (tests list them under `secrets:`
+/// where they need one). `Run::expect` fails if any of them is ever printed.
+pub const SECRET_VALUE: &str = "sk-test-9f8e7d6c5b4a-never-print-me";
+pub const BUILD_SECRET_VALUE: &str = "build-secret-never-in-prebuild";
+
+/// AWS clients against moto, for checking what a command left behind.
+pub async fn clients() -> deployer::aws::Clients {
+    deployer::aws::Clients::new(&deployer::aws::Target {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto_url()),
+        max_attempts: Some(1),
+        ..deployer::aws::Target::default()
+    })
+    .await
+    .expect("clients")
+}
+
 /// The real `deployer` binary, run in `dir` against moto with test credentials.
 pub fn deployer(dir: &Path, args: &[&str]) -> Run {
-    run_deployer(dir, args, &moto_url())
+    deployer_env(dir, args, &[])
+}
+
+/// `deployer` with extra environment variables (e.g. a rotated secret value).
+pub fn deployer_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_deployer(dir, args, &moto_url(), env)
 }
 
 /// The real `deployer` binary for commands that must not call AWS: every AWS call goes to a
 /// closed local port and fails at once.
 pub fn deployer_offline(dir: &Path, args: &[&str]) -> Run {
-    run_deployer(dir, args, "http://127.0.0.1:9")
+    run_deployer(dir, args, "http://127.0.0.1:9", &[])
 }
 
-fn run_deployer(dir: &Path, args: &[&str], endpoint: &str) -> Run {
+fn run_deployer(dir: &Path, args: &[&str], endpoint: &str, env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
         .args(args)
         .current_dir(dir)
@@ -222,8 +244,9 @@ fn run_deployer(dir: &Path, args: &[&str], endpoint: &str) -> Run {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        // A deploy-time secret value (tests list it under `secrets:` where they need one).
-        .env("BUILD_SECRET", "build-secret-never-in-prebuild")
+        .env("PRICE_API_KEY", SECRET_VALUE)
+        .env("BUILD_SECRET", BUILD_SECRET_VALUE)
+        .envs(env.iter().copied())
         .env_remove("AWS_PROFILE")
         .env_remove("DEPLOYER_CONFIG")
         .env_remove("DEPLOYER_REGISTRY")
@@ -255,6 +278,12 @@ impl Run {
             "exit code\nstdout:\n{}\nstderr:\n{}",
             self.stdout, self.stderr
         );
+        for secret in [SECRET_VALUE, BUILD_SECRET_VALUE] {
+            assert!(
+                !self.stdout.contains(secret) && !self.stderr.contains(secret),
+                "secret value printed"
+            );
+        }
         self
     }
 
