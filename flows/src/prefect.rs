@@ -445,19 +445,14 @@ impl Reporter {
         let settled = self.shared.settled.load(Ordering::Relaxed);
         let n = accepted.saturating_sub(settled);
         if n > 0 {
-            self.shared.settled.fetch_add(n, Ordering::Relaxed);
+            self.shared.settle(n);
             self.shared.dropped.fetch_add(n, Ordering::Relaxed);
         }
         n
     }
 
     pub fn flow_run_id(&self, run_id: Uuid) -> Option<Uuid> {
-        self.shared
-            .flow_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run_id)
-            .copied()
+        self.shared.flow_run(run_id)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -475,6 +470,16 @@ impl Reporter {
 }
 
 impl Shared {
+    /// Our run id -> Prefect flow run id. A panic elsewhere must not stop reporting, so a
+    /// poisoned lock is used as is (the map holds plain ids).
+    fn flow_runs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Uuid>> {
+        self.flow_runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flow_run(&self, run_id: Uuid) -> Option<Uuid> {
+        self.flow_runs().get(&run_id).copied()
+    }
+
     fn settle(&self, n: u64) {
         self.settled.fetch_add(n, Ordering::Relaxed);
     }
@@ -659,7 +664,7 @@ impl Worker {
                     self.retry_unfinished().await;
                 }
             }
-            Report::Task(t) => match self.lookup(t.run_id) {
+            Report::Task(t) => match self.shared.flow_run(t.run_id) {
                 Some(fr) => {
                     self.events
                         .extend(task_events(&t, fr).iter().map(Value::to_string));
@@ -672,7 +677,7 @@ impl Worker {
                         .count_drop(1, "task run of an unreported flow run"),
                 },
             },
-            Report::Log(l) => match self.lookup(l.run_id) {
+            Report::Log(l) => match self.shared.flow_run(l.run_id) {
                 Some(fr) => self.push_log(&l, fr),
                 None => match self.pending.iter_mut().find(|p| p.run_id == l.run_id) {
                     Some(p) => p.logs.push(l),
@@ -685,12 +690,7 @@ impl Worker {
                 message,
             } => {
                 self.shared.settle(1);
-                let fr = self
-                    .shared
-                    .flow_runs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&run_id);
+                let fr = self.shared.flow_runs().remove(&run_id);
                 if let Some(fr) = fr {
                     self.unfinished.insert(fr, (state, message));
                     if !self.is_down() {
@@ -767,11 +767,7 @@ impl Worker {
                             self.unfinished.insert(fr, fin);
                         }
                         None => {
-                            self.shared
-                                .flow_runs
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(run_id, fr);
+                            self.shared.flow_runs().insert(run_id, fr);
                         }
                     }
                 }
@@ -781,15 +777,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn lookup(&self, run_id: Uuid) -> Option<Uuid> {
-        self.shared
-            .flow_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run_id)
-            .copied()
     }
 
     /// Delivers a final state. A run cancelled from the UI is CANCELLING; Prefect rejects
