@@ -391,13 +391,12 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     if let Some(first) = errors.into_iter().next() {
         return Err(first);
     }
-    for orphan in stacks::service_stacks(&cl.cfn, &c.project).await? {
-        if !applied_stacks.iter().any(|a| a.stack == orphan) {
-            ui.warn(format!(
-                "{orphan}: its service is no longer in {} but keeps running; delete the stack (or run `deployer destroy`) to stop it",
-                ctx.loaded.path.display()
-            ));
-        }
+    let known: Vec<String> = applied_stacks.iter().map(|a| a.stack.clone()).collect();
+    for orphan in stacks::other_service_stacks(&cl.cfn, &c.project, &known).await? {
+        ui.warn(format!(
+            "{orphan}: its service is no longer in {} but keeps running; delete the stack (or run `deployer destroy`) to stop it",
+            ctx.loaded.path.display()
+        ));
     }
     write_artifacts(out_dir, &services)?;
     let unchanged = applied_stacks
@@ -486,13 +485,8 @@ async fn deploy_service(
     let applied = match stacks::apply(&cl.cfn, &spec, rollout_wait, ui).await {
         Ok(a) => a,
         Err(mut e) if e.code == crate::error::ExitCode::RolledBack => {
-            let stopped = track::stopped_tasks(&cl.ecs, cluster, name, &arn).await;
-            if !stopped.is_empty() {
-                e.message.push_str(&format!(
-                    "\n  stopped tasks of this revision:\n{}",
-                    stopped.join("\n")
-                ));
-            }
+            e.message
+                .push_str(&track::stopped_section(&cl.ecs, cluster, name, &arn).await);
             return Err(e);
         }
         Err(e) => return Err(e),

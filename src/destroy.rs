@@ -39,11 +39,8 @@ async fn owned_stacks(c: &Config, cl: &Clients) -> Result<Vec<String>> {
         }
     }
     // Services removed from the config since they were deployed are still ours to delete.
-    for name in stacks::service_stacks(&cl.cfn, &c.project).await? {
-        if !found.contains(&name) {
-            found.push(name);
-        }
-    }
+    let others = stacks::other_service_stacks(&cl.cfn, &c.project, &found).await?;
+    found.extend(others);
     if !foreign.is_empty() {
         return Err(Error::failure(format!(
             "refusing to destroy: stack(s) {} lack the tags managed-by=deployer, project={}",

@@ -185,8 +185,8 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 ui.result(format!(
                     "{}: rolled back {} -> {}",
                     report.service,
-                    report.from.rsplit('/').next().unwrap_or(&report.from),
-                    report.to.rsplit('/').next().unwrap_or(&report.to)
+                    rollback::short(&report.from),
+                    rollback::short(&report.to)
                 ));
                 done.push(report);
             }

@@ -48,6 +48,11 @@ async fn active_revisions(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Vec
     Ok(out)
 }
 
+/// `arn:...:task-definition/<family>:<rev>` -> `<family>:<rev>`, for messages.
+pub fn short(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
 /// `arn:...:task-definition/<family>:<rev>` -> family.
 fn family_of(arn: &str) -> Option<&str> {
     arn.rsplit_once('/')?.1.rsplit_once(':').map(|(f, _)| f)
@@ -123,8 +128,8 @@ pub async fn rollback(
     let target = pick_target(&revisions, &current, to)?;
     ui.step(format!(
         "{service}: rolling back {} -> {}",
-        current.rsplit('/').next().unwrap_or(&current),
-        target.rsplit('/').next().unwrap_or(&target)
+        short(&current),
+        short(&target)
     ));
     let mut parameters = live.parameters.clone();
     parameters.insert("TaskDefinitionArn".into(), target.clone());

@@ -129,6 +129,23 @@ pub async fn stopped_tasks(
         .collect()
 }
 
+/// The stopped tasks of `task_definition` as a section of an error message ("" if none).
+pub async fn stopped_section(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    service: &str,
+    task_definition: &str,
+) -> String {
+    let stopped = stopped_tasks(ecs, cluster, service, task_definition).await;
+    if stopped.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n  stopped tasks of this revision:\n{}",
+        stopped.join("\n")
+    )
+}
+
 /// Service events and stopped tasks, for a deployment error message.
 async fn diagnosis(
     ecs: &aws_sdk_ecs::Client,
@@ -137,15 +154,11 @@ async fn diagnosis(
     task_definition: &str,
     events: &[String],
 ) -> String {
-    let mut s = format!("\n  last events:\n{}", events.join("\n"));
-    let stopped = stopped_tasks(ecs, cluster, service, task_definition).await;
-    if !stopped.is_empty() {
-        s.push_str(&format!(
-            "\n  stopped tasks of this revision:\n{}",
-            stopped.join("\n")
-        ));
-    }
-    s
+    format!(
+        "\n  last events:\n{}{}",
+        events.join("\n"),
+        stopped_section(ecs, cluster, service, task_definition).await
+    )
 }
 
 /// Wait until the deployment running `task_definition` completes. A FAILED rollout

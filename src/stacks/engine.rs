@@ -378,33 +378,41 @@ async fn delete_change_set(cfn: &Client, stack: &str, name: &str) {
         .await;
 }
 
-/// Service stacks (`<project>-svc-*`) of this project that exist and carry its tags, whether
-/// or not the config still lists the service: a service removed from the config keeps
-/// running until its stack is deleted, and `destroy` must find it.
-pub async fn service_stacks(cfn: &Client, project: &str) -> Result<Vec<String>> {
+/// Service stacks (`<project>-svc-*`) of this project that exist and carry its tags, other
+/// than the `known` ones: a service removed from the config keeps running until its stack is
+/// deleted, and `destroy` must find it.
+pub async fn other_service_stacks(
+    cfn: &Client,
+    project: &str,
+    known: &[String],
+) -> Result<Vec<String>> {
     let prefix = format!("{project}-svc-");
-    let mut out = Vec::new();
-    let mut pages = cfn.describe_stacks().into_paginator().send();
+    // ListStacks returns summaries (cheap, no tags): describe only the names that match.
+    let mut candidates = Vec::new();
+    let mut pages = cfn.list_stacks().into_paginator().send();
     while let Some(page) = pages.next().await {
         let page =
             page.map_err(|e| Error::failure(format!("list stacks: {}", describe_err(&e))))?;
-        for st in page.stacks() {
-            let name = st.stack_name().unwrap_or_default();
-            let tags: BTreeMap<String, String> = st
-                .tags()
+        candidates.extend(
+            page.stack_summaries()
                 .iter()
-                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                .collect();
-            if name.starts_with(&prefix)
-                && st.stack_status() != Some(&StackStatus::DeleteComplete)
-                && super::owned_by(&tags, project)
-            {
-                out.push(name.to_string());
-            }
+                .filter(|st| st.stack_status() != Some(&StackStatus::DeleteComplete))
+                .filter_map(|st| st.stack_name())
+                .filter(|name| name.starts_with(&prefix) && !known.iter().any(|k| k == name))
+                .map(str::to_string),
+        );
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut out = Vec::new();
+    for name in candidates {
+        if describe(cfn, &name)
+            .await?
+            .is_some_and(|l| super::owned_by(&l.tags, project))
+        {
+            out.push(name);
         }
     }
-    out.sort();
-    out.dedup();
     Ok(out)
 }
 

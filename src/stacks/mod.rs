@@ -6,7 +6,7 @@ pub mod templates;
 
 pub use engine::{
     Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, Wait, apply, delete, describe,
-    plan, service_stacks,
+    other_service_stacks, plan,
 };
 
 use std::collections::BTreeMap;
