@@ -3,9 +3,11 @@
 #   1. Python venvs with pinned moto[server] + cfn-lint and Prefect (reused when the pins match);
 #   2. the Docker daemon if `docker info` fails, and a local registry (Debian docker-registry);
 #   3. moto (AWS APIs) and a Prefect server with a throw-away PREFECT_HOME, on free loopback ports;
-#   4. cfn-lint on templates/, the static flow binary, then every Rust test (cargo nextest,
+#   4. the lint gate: cargo fmt --check and cargo clippy (workspace, all targets, -D warnings;
+#      lints in Cargo.toml [workspace.lints]); any finding fails the run;
+#   5. cfn-lint on templates/, the static flow binary, then every Rust test (cargo nextest,
 #      or cargo test without it);
-#   5. stops everything it started.
+#   6. stops everything it started.
 # Extra arguments go to the test runner (e.g. scripts/test.sh -E 'test(config)').
 set -euo pipefail
 
@@ -31,6 +33,13 @@ venv "$root/.venv-prefect" "$PREFECT_PIN" &
 venv_prefect=$!
 
 ensure_dockerd "$run/dockerd.log"
+
+# The lint gate (while pip works): a fmt or clippy finding fails the run before any test.
+log "cargo fmt --check"
+cargo fmt --all --check || { log "cargo fmt found unformatted code: run \`cargo fmt --all\`"; exit 1; }
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy -q --workspace --all-targets -- -D warnings || { log "clippy found problems (above)"; exit 1; }
+
 
 # The static flow binary (release, +crt-static) that the image tests put in the default image:
 # built up front, while pip works, so no test pays a multi-minute compile while others
