@@ -5,12 +5,15 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_cloudformation as cfn;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Where to reach AWS. Empty fields fall back to the SDK's own chain (env, profile, IMDS);
 /// `AWS_ENDPOINT_URL` works through aws-config even without `--endpoint-url`.
@@ -21,7 +24,39 @@ pub struct Target {
     pub endpoint_url: Option<String>,
     /// SDK retry attempts (an emulator answers unimplemented calls with retriable 500s).
     pub max_attempts: Option<u32>,
+    /// Bound on each API call, retries included (`--api-timeout`); None: [`API_TIMEOUT`].
+    pub api_timeout: Option<Duration>,
 }
+
+/// Default bound on one API call, retries included (`--api-timeout`, DEPLOYER_API_TIMEOUT).
+/// Each attempt gets half of it and the connect timeout is [`CONNECT_TIMEOUT`], so a hung
+/// endpoint is named after at most this long and a refused one at once.
+pub const API_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP+TLS connect bound (also capped by the API timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// SDK attempts per call (adaptive mode: throttling also slows the client down).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The SDK timeouts for one API-call bound.
+pub fn timeouts(api: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(api))
+        .operation_attempt_timeout(api / 2)
+        .operation_timeout(api)
+        .build()
+}
+
+/// The error an interceptor returns for a mutating call refused after an interrupt.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not started: {} (interrupted)", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Counts every AWS API call by `Service.Operation` (reported with `-v` and in `--json`),
 /// so "a no-op deploy makes no mutating call" is something a test can check.
@@ -61,6 +96,23 @@ impl Intercept for CallCounter {
         "CallCounter"
     }
 
+    /// After an interrupt no mutating call starts, except inside `interrupt::undo`.
+    /// (Once per call, before any attempt: the operation's metadata is known by then.)
+    fn read_before_serialization(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(m) = cfg.load::<Metadata>() {
+            let op = format!("{}.{}", m.service(), m.name());
+            if !is_read_only(&op) && !crate::interrupt::may_change() {
+                return Err(Box::new(Refused(op)));
+            }
+        }
+        Ok(())
+    }
+
     fn read_before_transmit(
         &self,
         _ctx: &BeforeTransmitInterceptorContextRef<'_>,
@@ -86,6 +138,10 @@ pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
+    /// The deploy lock's store (src/lock.rs), counted apart in `lock_calls` so a no-op
+    /// deploy still shows zero mutating calls in `calls`.
+    pub s3: aws_sdk_s3::Client,
+    pub lock_calls: CallCounter,
 }
 
 impl Clients {
@@ -100,16 +156,20 @@ impl Clients {
         if let Some(url) = &target.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        if let Some(n) = target.max_attempts {
-            loader = loader
-                .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(n));
-        }
+        // Adaptive: on throttling the client also paces itself instead of retrying at once.
+        loader = loader
+            .retry_config(
+                aws_config::retry::RetryConfig::adaptive()
+                    .with_max_attempts(target.max_attempts.unwrap_or(MAX_ATTEMPTS)),
+            )
+            .timeout_config(timeouts(target.api_timeout.unwrap_or(API_TIMEOUT)));
         let sdk = loader.load().await;
         let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
             Error::bad_input("no AWS region configured")
                 .with_help("set `region:` in deployer.yaml, pass --region, or export AWS_REGION")
         })?;
         let calls = CallCounter::default();
+        let lock_calls = CallCounter::default();
         let c = calls.clone();
         Ok(Self {
             region,
@@ -138,6 +198,14 @@ impl Clients {
                     .interceptor(c)
                     .build(),
             ),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk)
+                    .interceptor(lock_calls.clone())
+                    // Emulators and custom endpoints serve buckets by path, not by host name.
+                    .force_path_style(sdk.endpoint_url().is_some())
+                    .build(),
+            ),
+            lock_calls,
             calls,
         })
     }
@@ -162,10 +230,11 @@ impl Identity {
 }
 
 pub async fn identity(sts: &aws_sdk_sts::Client) -> Result<Identity> {
-    let out = sts.get_caller_identity().send().await.map_err(|e| {
-        Error::failure(format!("cannot verify AWS credentials (sts:GetCallerIdentity): {}", describe(&e)))
-            .with_help("configure credentials: AWS_PROFILE / --profile, OIDC in GitHub Actions, or AWS_ACCESS_KEY_ID")
-    })?;
+    let out = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| failure("cannot verify AWS credentials (sts:GetCallerIdentity)", &e))?;
     Ok(Identity {
         account: out.account().unwrap_or_default().to_string(),
         arn: out.arn().unwrap_or_default().to_string(),
@@ -189,6 +258,29 @@ where
             }
         }
         _ => aws_sdk_cloudformation::error::DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// `what: <error>` with the help line that matches the cause (credentials, throttling,
+/// unreachable, timeout, permission, server error); exit 130 for a call refused after an
+/// interrupt.
+pub fn failure<E>(
+    what: &str,
+    err: &aws_sdk_cloudformation::error::SdkError<E, HttpResponse>,
+) -> Error
+where
+    E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let cause = crate::retry::classify(err);
+    let code = match cause {
+        crate::retry::Cause::Interrupted => crate::error::ExitCode::Interrupted,
+        crate::retry::Cause::Timeout => crate::error::ExitCode::Timeout,
+        _ => crate::error::ExitCode::Failure,
+    };
+    let e = Error::new(code, format!("{what}: {}", describe(err)));
+    match cause.help() {
+        Some(h) => e.with_help(h),
+        None => e,
     }
 }
 

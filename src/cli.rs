@@ -9,7 +9,8 @@ use std::path::PathBuf;
     version,
     about = "Run real-time data pipelines as always-on ECS Fargate services",
     after_help = "Exit codes: 0 success, 1 failure, 2 bad input (or `plan --exit-code`: changes), \
-                  3 timeout, 4 rolled back, 130 interrupted."
+                  3 timeout, 4 rolled back, 5 locked (another deploy of the project is running), \
+                  130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -50,6 +51,14 @@ pub struct Global {
     /// Deadline for each stack operation and rollout wait, in seconds.
     #[arg(long, global = true, default_value_t = 1800)]
     pub timeout: u64,
+    /// Bound on each AWS API call, retries included, in seconds (connect: 5 s; each
+    /// attempt: half of it).
+    #[arg(long, global = true, env = "DEPLOYER_API_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_timeout: u64,
+    /// Wait up to this many seconds for another deploy of the project to finish, instead of
+    /// exiting 5 at once.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    pub wait_for_lock: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -334,6 +334,13 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     applied_stacks.extend(net);
     applied_stacks.push(clu.clone());
 
+    // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
+    for p in &pending {
+        if matches!(secrets::compare(&cl.ssm, p).await?, "created" | "updated") {
+            crate::lock::before_change().await?;
+            break;
+        }
+    }
     let secret_outcomes = secrets::apply(&cl.ssm, &c.project, &pending, ui).await?;
 
     let image_for = |name: &str| -> Result<String> {
@@ -456,16 +463,22 @@ async fn deploy_service(
         execution_role_arn: exec_role,
         task_role_arn: task_role,
     });
-    let live = taskdef::latest(&cl.ecs, &desired.family).await?;
+    let current = |l: Option<taskdef::LiveTaskDef>| l.filter(|l| l.def == desired);
+    let mut live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
+    // Registering is a change: take the deploy lock, then look again (a deploy that held the
+    // lock meanwhile may have registered this very definition: no duplicate revision).
+    if live.is_none() && crate::lock::before_change().await? {
+        live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
+    }
     let (arn, revision, registered) = match live {
-        Some(l) if l.def == desired => {
+        Some(l) => {
             ui.detail(format!(
                 "{name}: task definition {}:{} is current",
                 desired.family, l.revision
             ));
             (l.arn, l.revision, false)
         }
-        _ => {
+        None => {
             let (arn, rev) =
                 taskdef::register(&cl.ecs, &desired, &stacks::project_tags(&c.project)).await?;
             ui.step(format!(
@@ -496,6 +509,7 @@ async fn deploy_service(
         ui.step(format!(
             "{name}: a secret changed; starting new tasks so they read it"
         ));
+        crate::lock::before_change().await?;
         cl.ecs
             .update_service()
             .cluster(cluster)

@@ -10,10 +10,12 @@ pub enum ExitCode {
     Failure = 1,
     /// Bad input: config, flags, templates, missing secret values. Also `plan --exit-code` "changes present".
     BadInput = 2,
-    /// A wait ran past its deadline.
+    /// A wait ran past its deadline, or an API call got no answer within `--api-timeout`.
     Timeout = 3,
     /// A deployment was rolled back (ECS circuit breaker, or a stack update CloudFormation rolled back).
     RolledBack = 4,
+    /// Another deploy of the project holds the deploy lock (src/lock.rs).
+    Locked = 5,
     /// Interrupted by the user (Ctrl-C) after cleaning up.
     Interrupted = 130,
 }

@@ -10,6 +10,8 @@ pub mod destroy;
 pub mod error;
 pub mod image;
 pub mod interrupt;
+pub mod lock;
+pub mod retry;
 pub mod rollout;
 pub mod secrets;
 pub mod stacks;

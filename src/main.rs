@@ -34,10 +34,18 @@ fn main() {
         }
     };
     let code = runtime.block_on(async {
-        interrupt::install();
-        match run(&cli, &ui).await {
+        interrupt::install_with(ui.clone());
+        let result = interrupt_bounded(run(&cli, &ui)).await;
+        // The deploy lock goes last, on every path (also after an interrupt: it is undo).
+        deployer::lock::release().await;
+        match result {
+            Ok(_) if interrupt::requested() => {
+                ui.warn("interrupted as the run finished: nothing was changed after the interrupt; the result above is the state");
+                ExitCode::Interrupted
+            }
             Ok(code) => code,
             Err(e) => {
+                let e = interrupt::settle(e);
                 ui.error(&e);
                 ui.result_json(&json!({"ok": false, "exit_code": e.code as i32, "error": e.message, "help": e.help}));
                 e.code
@@ -45,6 +53,60 @@ fn main() {
         }
     });
     std::process::exit(code as i32);
+}
+
+/// Run the command; after an interrupt give it `interrupt::SETTLE` to fail on a refused call
+/// or start its undo, and an undo up to `interrupt::GRACE`; then stop it (a hung call must not
+/// hold the exit).
+async fn interrupt_bounded(
+    run: impl std::future::Future<Output = Result<ExitCode>>,
+) -> Result<ExitCode> {
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r,
+        _ = interrupt::cancelled() => {}
+    }
+    let grace = tokio::time::Instant::now() + interrupt::GRACE;
+    let settle = tokio::time::Instant::now() + interrupt::SETTLE;
+    loop {
+        let tick = tokio::time::sleep(std::time::Duration::from_millis(50));
+        tokio::select! {
+            r = &mut run => return r,
+            _ = tick => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= grace || (now >= settle && !interrupt::undoing()) {
+            return Err(Error::new(
+                ExitCode::Interrupted,
+                "interrupted: stopped the step in progress (a read, or an undo that ran out of time)",
+            )
+            .with_help("nothing was changed after the interrupt; run `deployer status` to see what exists, then `deployer up` to converge"));
+        }
+    }
+}
+
+/// Commands that change things take the deploy lock before their first change (src/lock.rs).
+async fn install_lock(
+    g: &Global,
+    clients: &Clients,
+    project: &str,
+    command: &str,
+    ui: &Ui,
+) -> Result<()> {
+    let identity = deployer::aws::identity(&clients.sts).await?;
+    let store = deployer::lock::Store::s3(
+        clients.s3.clone(),
+        &identity.account,
+        &clients.region,
+        project,
+    );
+    deployer::lock::install(deployer::lock::Gate::new(
+        store,
+        command,
+        Duration::from_secs(g.wait_for_lock),
+        ui.clone(),
+    ));
+    Ok(())
 }
 
 fn load(global: &Global, overrides: &Overrides) -> Result<Loaded> {
@@ -62,6 +124,7 @@ async fn clients(global: &Global, loaded: &Loaded) -> Result<Clients> {
         region,
         endpoint_url: global.endpoint_url.clone(),
         max_attempts: None,
+        api_timeout: Some(Duration::from_secs(global.api_timeout)),
     })
     .await
 }
@@ -75,7 +138,7 @@ fn wait(global: &Global) -> Wait {
 
 /// API call counts for `-v` and `--json`.
 fn calls_json(cl: &Clients) -> serde_json::Value {
-    json!({"total": cl.calls.snapshot().values().sum::<u32>(), "by_operation": cl.calls.snapshot(), "mutating": cl.calls.mutating()})
+    json!({"total": cl.calls.snapshot().values().sum::<u32>(), "by_operation": cl.calls.snapshot(), "mutating": cl.calls.mutating(), "lock": cl.lock_calls.snapshot()})
 }
 
 async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
@@ -119,6 +182,12 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
             } = args;
             let loaded = load(g, overrides)?;
             let clients = clients(g, &loaded).await?;
+            let command = if mode == deploy::Mode::Up {
+                "up"
+            } else {
+                "redeploy"
+            };
+            install_lock(g, &clients, &loaded.config.project, command, ui).await?;
             let ctx = Ctx {
                 loaded,
                 clients,
@@ -177,6 +246,7 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
         Command::Rollback { service, to } => {
             let loaded = load(g, &Overrides::default())?;
             let clients = clients(g, &loaded).await?;
+            install_lock(g, &clients, &loaded.config.project, "rollback", ui).await?;
             let refs =
                 deploy::service_refs(&loaded.config, &clients.cfn, service.as_deref()).await?;
             let mut done = Vec::new();
@@ -196,6 +266,7 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
         Command::Destroy { yes } => {
             let loaded = load(g, &Overrides::default())?;
             let clients = clients(g, &loaded).await?;
+            install_lock(g, &clients, &loaded.config.project, "destroy", ui).await?;
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
             let report = destroy::destroy(&loaded.config, &clients, wait(g), ui, confirm).await?;
             ui.result(summary::destroy_text(&report).trim_end());

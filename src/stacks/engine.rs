@@ -1,10 +1,11 @@
 //! Create/update through change sets, wait with a deadline while streaming events, delete.
 
 use super::{StackSpec, templates};
-use crate::aws::{describe as describe_err, message};
+use crate::aws::{self, describe as describe_err, message};
 use crate::error::{Error, ExitCode, Result};
-use crate::interrupt;
+use crate::retry::{self, Blips};
 use crate::ui::{Spinner, Ui};
+use crate::{interrupt, lock};
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::types::{
     Capability, ChangeSetStatus, ChangeSetType, Parameter, StackStatus, Tag, TemplateStage,
@@ -119,15 +120,42 @@ fn list_value(v: &str) -> String {
 
 /// DescribeStacks for one stack; `None` when it does not exist.
 pub async fn describe(cfn: &Client, name: &str) -> Result<Option<LiveStack>> {
-    let out = match cfn.describe_stacks().stack_name(name).send().await {
+    describe_with(cfn, name, None).await
+}
+
+/// A wait's poll of one stack: a transient failure (throttling, 5xx, a dropped or hung
+/// connection) is retried within `remaining` (src/retry.rs) instead of ending the wait.
+async fn describe_polled(
+    cfn: &Client,
+    name: &str,
+    remaining: Duration,
+    sp: &Spinner,
+) -> Result<Option<LiveStack>> {
+    describe_with(cfn, name, Some((remaining, sp))).await
+}
+
+async fn describe_with(
+    cfn: &Client,
+    name: &str,
+    poll: Option<(Duration, &Spinner)>,
+) -> Result<Option<LiveStack>> {
+    let call = || cfn.describe_stacks().stack_name(name).send();
+    let sent = match poll {
+        None => call().await,
+        Some((remaining, sp)) => {
+            retry::poll(Blips::default(), remaining, call, |cause, delay| {
+                sp.println(format!(
+                    "  {name}: poll failed ({cause:?}); retrying in {:.1}s",
+                    delay.as_secs_f64()
+                ))
+            })
+            .await
+        }
+    };
+    let out = match sent {
         Ok(o) => o,
         Err(e) if is_missing(&e) => return Ok(None),
-        Err(e) => {
-            return Err(Error::failure(format!(
-                "describe stack {name}: {}",
-                describe_err(&e)
-            )));
-        }
+        Err(e) => return Err(aws::failure(&format!("describe stack {name}"), &e)),
     };
     let Some(s) = out.stacks().first() else {
         return Ok(None);
@@ -281,12 +309,17 @@ async fn create_change_set(
     kind: ChangeSetType,
     wait: Wait,
 ) -> Result<Option<ChangeSet>> {
+    // Unique per call, not just per millisecond: stacks applied at once must not share a
+    // name (moto 5.2.5 resolves change sets by name alone; see scripts/moto_server.py).
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!(
-        "deployer-{}",
+        "deployer-{}-{}-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let created = cfn
         .create_change_set()
@@ -303,29 +336,30 @@ async fn create_change_set(
         if message(&e).is_some_and(|m| is_empty_change_set_reason(&m)) {
             return Ok(None);
         }
-        return Err(Error::failure(format!(
-            "create change set for {}: {}",
-            spec.name,
-            describe_err(&e)
-        ))
-        .with_help("check the template parameters; `deployer plan -v` shows what is sent"));
+        let err = aws::failure(&format!("create change set for {}", spec.name), &e);
+        return Err(match err.help {
+            Some(_) => err,
+            None => err
+                .with_help("check the template parameters; `deployer plan -v` shows what is sent"),
+        });
     }
     let started = Instant::now();
     let mut poll = wait.min_poll;
     loop {
-        let d = cfn
-            .describe_change_set()
-            .stack_name(&spec.name)
-            .change_set_name(&name)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "describe change set for {}: {}",
-                    spec.name,
-                    describe_err(&e)
-                ))
-            })?;
+        let remaining = wait.timeout.saturating_sub(started.elapsed());
+        let d = retry::poll(
+            Blips::default(),
+            remaining,
+            || {
+                cfn.describe_change_set()
+                    .stack_name(&spec.name)
+                    .change_set_name(&name)
+                    .send()
+            },
+            |_, _| {},
+        )
+        .await
+        .map_err(|e| aws::failure(&format!("describe change set for {}", spec.name), &e))?;
         match d.status() {
             Some(ChangeSetStatus::CreateComplete) => {
                 let changes = d
@@ -449,6 +483,9 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
                     "{}: left in {} by an earlier failed create; deleting it to create it again",
                     spec.name, l.status
                 ));
+                if lock::before_change().await? {
+                    return Box::pin(apply(cfn, spec, wait, ui)).await;
+                }
                 delete(cfn, &spec.name, wait, ui).await?;
                 live = None;
                 recreated = true;
@@ -488,6 +525,10 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     } else {
         ChangeSetType::Update
     };
+    if lock::before_change().await? {
+        // Decided before holding the lock: decide again (another deploy may have applied it).
+        return Box::pin(apply(cfn, spec, wait, ui)).await;
+    }
     let Some(cs) = create_change_set(cfn, spec, kind, wait).await? else {
         ui.step(format!("{}: no changes", spec.name));
         let outputs = live.map(|l| l.outputs).unwrap_or_default();
@@ -497,6 +538,10 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
             outputs,
         });
     };
+    // Step boundary: an interrupt while the change set was prepared stops here.
+    if interrupt::requested() {
+        return Err(abandon(cfn, &spec.name, &cs.name, creating).await);
+    }
     let verb = if creating { "creating" } else { "updating" };
     let sp = ui.spinner(format!(
         "{}: {verb} ({} changes)",
@@ -504,18 +549,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
         cs.changes.len()
     ));
     let since = aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());
-    cfn.execute_change_set()
-        .stack_name(&spec.name)
-        .change_set_name(&cs.name)
-        .send()
-        .await
-        .map_err(|e| {
-            Error::failure(format!(
-                "execute change set for {}: {}",
-                spec.name,
-                describe_err(&e)
-            ))
-        })?;
+    execute(cfn, &spec.name, &cs.name, &sp).await?;
     let op = if creating { Op::Create } else { Op::Update };
     let status = wait_settled_from(cfn, &spec.name, op, wait, &sp, Some(since)).await?;
     let ok = if creating {
@@ -559,11 +593,82 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     })
 }
 
+/// ExecuteChangeSet, tolerating the SDK's own retry of it: when an attempt's response was
+/// lost (dropped connection, attempt timeout) the retry is refused with
+/// InvalidChangeSetStatus although the first attempt went through; then the change set is
+/// executing or executed, and the wait that follows sees the outcome.
+async fn execute(cfn: &Client, stack: &str, change_set: &str, sp: &Spinner) -> Result<()> {
+    let Err(e) = cfn
+        .execute_change_set()
+        .stack_name(stack)
+        .change_set_name(change_set)
+        .send()
+        .await
+    else {
+        return Ok(());
+    };
+    let refused_status = e
+        .as_service_error()
+        .is_some_and(|s| s.is_invalid_change_set_status_exception());
+    if refused_status {
+        let d = cfn
+            .describe_change_set()
+            .stack_name(stack)
+            .change_set_name(change_set)
+            .send()
+            .await;
+        use aws_sdk_cloudformation::types::ExecutionStatus;
+        if let Ok(d) = d
+            && matches!(
+                d.execution_status(),
+                Some(ExecutionStatus::ExecuteInProgress | ExecutionStatus::ExecuteComplete)
+            )
+        {
+            sp.println(format!(
+                "  {stack}: an earlier attempt of ExecuteChangeSet went through; following it"
+            ));
+            return Ok(());
+        }
+    }
+    Err(aws::failure(&format!("execute change set for {stack}"), &e))
+}
+
+/// Interrupted before executing a change set: nothing changed yet. A create's change set left
+/// an empty REVIEW_IN_PROGRESS stack, which is deleted (the documented undo of a create);
+/// an update's change set is deleted.
+async fn abandon(cfn: &Client, stack: &str, change_set: &str, creating: bool) -> Error {
+    let left = interrupt::undo(async {
+        if creating {
+            match cfn.delete_stack().stack_name(stack).send().await {
+                Ok(_) => "not created (its prepared change set was deleted)".to_string(),
+                Err(e) => format!(
+                    "not created, but its REVIEW_IN_PROGRESS placeholder could not be deleted ({})",
+                    describe_err(&e)
+                ),
+            }
+        } else {
+            delete_change_set(cfn, stack, change_set).await;
+            "not updated (its prepared change set was deleted)".to_string()
+        }
+    });
+    let left = tokio::time::timeout(UNDO_WAIT, left)
+        .await
+        .unwrap_or_else(|_| "not changed (the prepared change set is left; it is harmless)".into());
+    Error::new(
+        ExitCode::Interrupted,
+        format!("interrupted: {stack}: {left}"),
+    )
+    .with_help("run `deployer up` again to converge")
+}
+
 /// Delete a stack and wait until it is gone. A stack that does not exist is success.
 pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()> {
     let Some(_) = describe(cfn, name).await? else {
         return Ok(());
     };
+    if lock::before_change().await? && describe(cfn, name).await?.is_none() {
+        return Ok(()); // deleted by the run that held the lock before us
+    }
     let since = aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());
     if let Err(e) = cfn.delete_stack().stack_name(name).send().await {
         // moto deletes synchronously and can report a resource's failure while the stack is
@@ -632,14 +737,19 @@ async fn wait_settled_from(
     let started = Instant::now();
     let mut poll = wait.min_poll;
     let mut seen: HashSet<String> = HashSet::new();
-    let mut interrupted = interrupt::subscribe();
     loop {
         if let Some(since) = since {
             for line in new_events(cfn, name, since, &mut seen).await {
                 sp.println(line);
             }
         }
-        let status = match describe(cfn, name).await? {
+        let remaining = wait.timeout.saturating_sub(started.elapsed());
+        // A slow or hung poll must not delay the undo after an interrupt.
+        let polled = tokio::select! {
+            r = describe_polled(cfn, name, remaining, sp) => r?,
+            _ = interrupt::cancelled() => return Err(cancel(cfn, name, op, sp).await),
+        };
+        let status = match polled {
             None => return Ok("DELETE_COMPLETE".into()),
             Some(l) => l.status,
         };
@@ -656,21 +766,54 @@ async fn wait_settled_from(
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = interrupted.changed() => return Err(cancel(cfn, name, op, wait, sp).await),
+            _ = interrupt::cancelled() => return Err(cancel(cfn, name, op, sp).await),
         }
         poll = (poll * 2).min(wait.max_poll);
     }
 }
 
+/// How long the undo waits for CloudFormation to finish it before reporting it as under
+/// way: the process must exit well inside CI's 7.5 s between SIGINT and SIGTERM.
+const UNDO_WAIT: Duration = Duration::from_secs(3);
+
 /// Undo our own in-flight operation after Ctrl-C and say what state it left.
-async fn cancel(cfn: &Client, name: &str, op: Op, wait: Wait, sp: &Spinner) -> Error {
-    let left = match op {
+async fn cancel(cfn: &Client, name: &str, op: Op, sp: &Spinner) -> Error {
+    // Bounded as a whole: a hung endpoint must not hold the exit past the grace period.
+    let left = match tokio::time::timeout(
+        UNDO_WAIT + Duration::from_secs(1),
+        interrupt::undo(undo_op(cfn, name, op, sp)),
+    )
+    .await
+    {
+        Ok(left) => left,
+        Err(_) => format!(
+            "the undo ({op:?}) got no answer within {}s; the stack may still be changing",
+            UNDO_WAIT.as_secs() + 1
+        ),
+    };
+    Error::new(
+        ExitCode::Interrupted,
+        format!("interrupted: {name}: {left}"),
+    )
+    .with_help("run `deployer status` to see what exists, and `deployer up` again to converge")
+}
+
+/// The documented undo of one operation (the only mutating calls allowed after an interrupt).
+async fn undo_op(cfn: &Client, name: &str, op: Op, sp: &Spinner) -> String {
+    let wait = Wait {
+        timeout: UNDO_WAIT,
+        ..Wait::default()
+    };
+    match op {
         Op::Create => {
             sp.println(format!(
                 "{name}: interrupted during create; deleting the stack"
             ));
             match cfn.delete_stack().stack_name(name).send().await {
                 Ok(_) => match wait_quiet(cfn, name, wait).await {
+                    Some(s) if s.ends_with("_IN_PROGRESS") => {
+                        format!("deletion started ({s}); it continues in CloudFormation")
+                    }
                     Some(s) => format!("deletion ended in {s}"),
                     None => "deleted".into(),
                 },
@@ -686,6 +829,9 @@ async fn cancel(cfn: &Client, name: &str, op: Op, wait: Wait, sp: &Spinner) -> E
             ));
             match cfn.cancel_update_stack().stack_name(name).send().await {
                 Ok(_) => match wait_quiet(cfn, name, wait).await {
+                    Some(s) if s.ends_with("_IN_PROGRESS") => {
+                        format!("update cancel started ({s}); it continues in CloudFormation")
+                    }
                     Some(s) => format!("update cancelled; stack is {s}"),
                     None => "stack is gone".into(),
                 },
@@ -695,25 +841,33 @@ async fn cancel(cfn: &Client, name: &str, op: Op, wait: Wait, sp: &Spinner) -> E
         Op::Delete | Op::Observe => {
             "left as it was; the operation continues in CloudFormation".into()
         }
-    };
-    Error::new(
-        ExitCode::Interrupted,
-        format!("interrupted: {name}: {left}"),
-    )
+    }
 }
 
 /// Wait without events or cancellation (used while cleaning up after Ctrl-C).
 /// `None` when the stack no longer exists.
 async fn wait_quiet(cfn: &Client, name: &str, wait: Wait) -> Option<String> {
     let started = Instant::now();
-    loop {
-        match describe(cfn, name).await {
-            Ok(None) => return None,
-            Ok(Some(l)) if !l.status.ends_with("_IN_PROGRESS") => return Some(l.status),
-            Ok(Some(l)) if started.elapsed() > wait.timeout => return Some(l.status),
-            Err(e) => return Some(format!("unknown ({e})")),
-            _ => tokio::time::sleep(wait.min_poll).await,
+    let last = std::sync::Mutex::new(String::from("unknown"));
+    let polls = async {
+        loop {
+            match describe(cfn, name).await {
+                Ok(None) => return None,
+                Ok(Some(l)) if !l.status.ends_with("_IN_PROGRESS") => return Some(l.status),
+                Ok(Some(l)) if started.elapsed() > wait.timeout => return Some(l.status),
+                Err(e) => return Some(format!("unknown ({e})")),
+                Ok(Some(l)) => {
+                    if let Ok(mut s) = last.lock() {
+                        *s = l.status;
+                    }
+                    tokio::time::sleep(wait.min_poll).await
+                }
+            }
         }
+    };
+    match tokio::time::timeout(wait.timeout, polls).await {
+        Ok(r) => r,
+        Err(_) => Some(last.lock().map(|s| s.clone()).unwrap_or_default()),
     }
 }
 
