@@ -385,11 +385,15 @@ impl Gate {
         } else {
             Duration::from_secs(30)
         };
-        let removed = tokio::time::timeout(bound, crate::interrupt::undo(self.store.remove(&version)))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::failure(format!("no answer within {} s", bound.as_secs())))
-            });
+        let removed =
+            tokio::time::timeout(bound, crate::interrupt::undo(self.store.remove(&version)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::failure(format!(
+                        "no answer within {} s",
+                        bound.as_secs()
+                    )))
+                });
         match removed {
             Ok(Write::Done(_)) => self
                 .ui

@@ -3,6 +3,8 @@
 //! component is a panic that says how to provide it.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use bollard::Docker;
 use futures::StreamExt;
 use std::io::{Read, Write};
@@ -236,8 +238,18 @@ pub fn deployer_offline(dir: &Path, args: &[&str]) -> Run {
 }
 
 fn run_deployer(dir: &Path, args: &[&str], endpoint: &str, env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .args(args)
+    let out = deployer_command(dir, args, endpoint)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run deployer");
+    Run::from(out)
+}
+
+/// The `deployer` command line with the test environment, for tests that spawn it (signals,
+/// concurrent runs) or point it at another endpoint (tests/support/fault_proxy.rs).
+pub fn deployer_command(dir: &Path, args: &[&str], endpoint: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployer"));
+    cmd.args(args)
         .current_dir(dir)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -246,13 +258,10 @@ fn run_deployer(dir: &Path, args: &[&str], endpoint: &str, env: &[(&str, &str)])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("PRICE_API_KEY", SECRET_VALUE)
         .env("BUILD_SECRET", BUILD_SECRET_VALUE)
-        .envs(env.iter().copied())
         .env_remove("AWS_PROFILE")
         .env_remove("DEPLOYER_CONFIG")
-        .env_remove("DEPLOYER_REGISTRY")
-        .output()
-        .expect("run deployer");
-    Run::from(out)
+        .env_remove("DEPLOYER_REGISTRY");
+    cmd
 }
 
 pub struct Run {
