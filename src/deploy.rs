@@ -335,9 +335,10 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     applied_stacks.push(clu.clone());
 
     // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
+    let read_at = std::time::Instant::now();
     for p in &pending {
         if matches!(secrets::compare(&cl.ssm, p).await?, "created" | "updated") {
-            crate::lock::before_change().await?;
+            crate::lock::before_change(read_at).await?;
             break;
         }
     }
@@ -464,10 +465,11 @@ async fn deploy_service(
         task_role_arn: task_role,
     });
     let current = |l: Option<taskdef::LiveTaskDef>| l.filter(|l| l.def == desired);
+    let read_at = std::time::Instant::now();
     let mut live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
     // Registering is a change: take the deploy lock, then look again (a deploy that held the
     // lock meanwhile may have registered this very definition: no duplicate revision).
-    if live.is_none() && crate::lock::before_change().await? {
+    if live.is_none() && crate::lock::before_change(read_at).await? {
         live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
     }
     let (arn, revision, registered) = match live {
@@ -509,7 +511,7 @@ async fn deploy_service(
         ui.step(format!(
             "{name}: a secret changed; starting new tasks so they read it"
         ));
-        crate::lock::before_change().await?;
+        crate::lock::before_change(std::time::Instant::now()).await?;
         cl.ecs
             .update_service()
             .cluster(cluster)

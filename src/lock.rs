@@ -284,6 +284,8 @@ pub struct Gate {
 }
 
 struct Held {
+    /// When this run got the lock: state read before it may be stale.
+    at: std::time::Instant,
     version: Arc<std::sync::Mutex<Version>>,
     renew: tokio::task::JoinHandle<()>,
 }
@@ -301,13 +303,13 @@ impl Gate {
         }
     }
 
-    /// Take the lock if not held yet; waits up to `wait_for`, else exit 5. True when this
-    /// call took it: what the caller read before may have been changed by the previous
-    /// holder, so it reads again under the lock.
-    pub async fn ensure(&self) -> Result<bool> {
+    /// Take the lock if not held yet; waits up to `wait_for`, else exit 5. True when the
+    /// lock was taken after `read_at`: what the caller read then may have been changed by
+    /// the previous holder, so it reads again under the lock.
+    pub async fn ensure(&self, read_at: std::time::Instant) -> Result<bool> {
         let mut held = self.held.lock().await;
-        if held.is_some() {
-            return Ok(false);
+        if let Some(h) = held.as_ref() {
+            return Ok(h.at > read_at);
         }
         self.store.prepare().await?;
         let version = self.acquire().await?;
@@ -324,7 +326,11 @@ impl Gate {
             version.clone(),
             self.ui.clone(),
         ));
-        *held = Some(Held { version, renew });
+        *held = Some(Held {
+            at: std::time::Instant::now(),
+            version,
+            renew,
+        });
         Ok(true)
     }
 
@@ -464,11 +470,12 @@ pub fn install(gate: Gate) {
 }
 
 /// Called before a step's first mutating call: takes the lock once (a no-op without a gate:
-/// `plan`, `status`, library use and tests). True when it was taken just now: the caller
-/// re-reads the state it decided on, since another run may have changed it meanwhile.
-pub async fn before_change() -> Result<bool> {
+/// `plan`, `status`, library use and tests). True when it was taken after `read_at`, when the
+/// caller read the state it decided on: another run may have changed it meanwhile, so the
+/// caller reads again (that is what keeps two deploys from registering the same revision).
+pub async fn before_change(read_at: std::time::Instant) -> Result<bool> {
     match GATE.get() {
-        Some(g) => g.ensure().await,
+        Some(g) => g.ensure(read_at).await,
         None => Ok(false),
     }
 }

@@ -60,7 +60,7 @@ impl Cause {
                 "the AWS endpoint cannot be reached: check the network, proxy settings, --region and --endpoint-url / AWS_ENDPOINT_URL"
             }
             Cause::Timeout => {
-                "the AWS endpoint did not answer in time: check the network and --endpoint-url, or raise --api-timeout (DEPLOYER_API_TIMEOUT)"
+                "the AWS endpoint did not answer in time, or kept throttling (the adaptive retry mode waits between attempts): check the network and --endpoint-url, or raise --api-timeout (DEPLOYER_API_TIMEOUT)"
             }
             Cause::ServerError => {
                 "AWS answered with a server error: it is usually brief, run the command again"

@@ -210,11 +210,17 @@ fn a_hung_endpoint_is_named_within_the_api_timeout_and_sigterm_ends_it_at_once()
 fn throttling_500s_and_lost_responses_are_absorbed() {
     let dir = project(&unique("blips"), 2);
     let proxy = FaultProxy::start(&moto_url(), |op, n| match (op, n) {
-        // Absorbed by the SDK's attempts (adaptive retry mode).
-        (_, 0) => Fault::Throttle,
-        (_, 1) => Fault::ServerError,
-        // Outlasts the SDK's attempts: only the wait's own retry (src/retry.rs) survives it.
-        ("DescribeStacks", 6..=9) => Fault::ServerError,
+        // Absorbed by the SDK's attempts (adaptive retry mode: throttling also slows the
+        // client down, so only a few calls are throttled to keep the test short).
+        ("GetCallerIdentity" | "DescribeStacks" | "ECS.RegisterTaskDefinition", 0) => {
+            Fault::Throttle
+        }
+        ("GetCallerIdentity" | "CreateChangeSet" | "ECS.RegisterTaskDefinition", 1) => {
+            Fault::ServerError
+        }
+        // A burst in the middle of the stack waits (their own retry past the SDK's
+        // attempts is shown by src/retry.rs's tests; here it may land on any describe).
+        ("DescribeStacks", 6..=7) => Fault::ServerError,
         // The first execution runs but its answer is lost: the SDK retries it.
         ("ExecuteChangeSet", 2) => Fault::LoseResponse,
         _ => Fault::Pass,
@@ -226,10 +232,8 @@ fn throttling_500s_and_lost_responses_are_absorbed() {
     assert_eq!(code, 0, "{stderr}");
     let seen = proxy.seen();
     let count = |f: Fault| seen.iter().filter(|s| s.fault == f).count();
-    assert!(
-        count(Fault::Throttle) > 5 && count(Fault::ServerError) > 8,
-        "{seen:?}"
-    );
+    assert_eq!(count(Fault::Throttle), 3, "{seen:?}");
+    assert_eq!(count(Fault::ServerError), 5, "{seen:?}");
     assert_eq!(count(Fault::LoseResponse), 1);
     let (code, json, _) = run(dir.path(), &["up", "--json"]);
     assert_eq!(code, 0);
@@ -240,6 +244,8 @@ fn throttling_500s_and_lost_responses_are_absorbed() {
 fn persistent_failures_at_sts_get_the_help_that_matches_the_cause() {
     let dir = project(&unique("causes"), 1);
     let cases: [(Fault, &str); 4] = [
+        // Adaptive retry paces a throttled client: it may run out of --api-timeout (exit 3)
+        // before its attempts do (exit 1); either way the help names throttling.
         (Fault::Throttle, "throttling"),
         (Fault::ServerError, "server error"),
         (Fault::Deny("AccessDenied"), "lack a permission"),
@@ -253,11 +259,16 @@ fn persistent_failures_at_sts_get_the_help_that_matches_the_cause() {
                 Fault::Pass
             }
         });
-        let out = deployer_command(dir.path(), &["up", "--api-timeout", "20"], &proxy.url())
+        let out = deployer_command(dir.path(), &["up", "--api-timeout", "8"], &proxy.url())
             .output()
             .expect("run");
         let (code, _, stderr) = text(&out);
-        assert_eq!(code, 1, "{fault:?}: {stderr}");
+        let codes: &[i32] = if fault == Fault::Throttle {
+            &[1, 3]
+        } else {
+            &[1]
+        };
+        assert!(codes.contains(&code), "{fault:?}: exit {code}: {stderr}");
         assert!(stderr.contains("sts:GetCallerIdentity"), "{stderr}");
         assert!(
             stderr.contains(help),

@@ -452,6 +452,7 @@ pub async fn other_service_stacks(
 
 /// Bring one stack to `spec`: create, update, recreate after a failed create, or nothing.
 pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Result<Applied> {
+    let read_at = Instant::now();
     let mut live = describe(cfn, &spec.name).await?;
     // Another operation may be running on the stack (a concurrent deploy, a rollback).
     if let Some(l) = &live
@@ -483,7 +484,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
                     "{}: left in {} by an earlier failed create; deleting it to create it again",
                     spec.name, l.status
                 ));
-                if lock::before_change().await? {
+                if lock::before_change(read_at).await? {
                     return Box::pin(apply(cfn, spec, wait, ui)).await;
                 }
                 delete(cfn, &spec.name, wait, ui).await?;
@@ -525,7 +526,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     } else {
         ChangeSetType::Update
     };
-    if lock::before_change().await? {
+    if lock::before_change(read_at).await? {
         // Decided before holding the lock: decide again (another deploy may have applied it).
         return Box::pin(apply(cfn, spec, wait, ui)).await;
     }
@@ -663,10 +664,11 @@ async fn abandon(cfn: &Client, stack: &str, change_set: &str, creating: bool) ->
 
 /// Delete a stack and wait until it is gone. A stack that does not exist is success.
 pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()> {
+    let read_at = Instant::now();
     let Some(_) = describe(cfn, name).await? else {
         return Ok(());
     };
-    if lock::before_change().await? && describe(cfn, name).await?.is_none() {
+    if lock::before_change(read_at).await? && describe(cfn, name).await?.is_none() {
         return Ok(()); // deleted by the run that held the lock before us
     }
     let since = aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());

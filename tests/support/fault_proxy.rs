@@ -252,7 +252,19 @@ fn forward(req: &Request, upstream: &str, conn: &mut TcpStream, answer: bool) {
 }
 
 fn error(conn: &mut TcpStream, req: &Request, status: u16, code: &str, message: &str) {
-    let (ctype, body) = if req.is_json() {
+    // S3 speaks REST-XML and throttles with 503 SlowDown.
+    let s3 = req.op().starts_with("S3.");
+    let (status, code) = match (s3, code) {
+        (true, "Throttling") => (503, "SlowDown"),
+        (true, "InternalFailure") => (500, "InternalError"),
+        _ => (status, code),
+    };
+    let (ctype, body) = if s3 {
+        (
+            "application/xml",
+            format!("<Error><Code>{code}</Code><Message>{message}</Message></Error>"),
+        )
+    } else if req.is_json() {
         (
             "application/x-amz-json-1.1",
             format!(r#"{{"__type":"{code}","message":"{message}"}}"#),
@@ -268,6 +280,7 @@ fn error(conn: &mut TcpStream, req: &Request, status: u16, code: &str, message: 
     let reason = match status {
         500 => "Internal Server Error",
         403 => "Forbidden",
+        503 => "Slow Down",
         _ => "Bad Request",
     };
     let _ = write!(
