@@ -133,6 +133,12 @@ pub fn trigger() {
     sender().send_replace(true);
 }
 
+/// Clear a handled interrupt (for embedders that run several pipelines, and for tests that
+/// interrupt several steps in one process).
+pub fn reset() {
+    sender().send_replace(false);
+}
+
 /// A receiver whose `changed()` completes on the first interrupt (if it has not come yet).
 pub fn subscribe() -> watch::Receiver<bool> {
     sender().subscribe()

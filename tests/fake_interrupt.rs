@@ -169,6 +169,8 @@ async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a
     );
 
     // 1. Interrupted create: the stack is deleted and the error says so (exit 130).
+    //    (The interrupt of step 0 was handled: clear it, or no change would start at all.)
+    deployer::interrupt::reset();
     let state = Arc::new(AtomicU8::new(BEFORE));
     let s = state.clone();
     let delete = mock!(Client::delete_stack).then_compute_output(move |_| {
@@ -201,6 +203,7 @@ async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a
 
     // 2. Interrupted update: the update is cancelled (not the stack deleted) and the state
     //    it left is named.
+    deployer::interrupt::reset();
     let state = Arc::new(AtomicU8::new(BEFORE));
     let s = state.clone();
     let cancel = mock!(Client::cancel_update_stack).then_compute_output(move |_| {
