@@ -1,5 +1,6 @@
 //! Commands and flags (clap derive). No logic here.
 
+use crate::config::TargetKind;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -30,6 +31,10 @@ pub struct Global {
         default_value = "deployer.yaml"
     )]
     pub config: PathBuf,
+    /// Where the services run: `aws` (ECS Fargate) or `local` (the local Docker engine).
+    /// Overrides `target:` in the config.
+    #[arg(long, global = true, env = "DEPLOYER_TARGET", value_enum)]
+    pub target: Option<TargetKind>,
     /// AWS profile (shared config/credentials files).
     #[arg(long, global = true, env = "AWS_PROFILE")]
     pub profile: Option<String>,
@@ -106,12 +111,52 @@ pub enum Command {
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Local target: keep the project's images in the engine (containers and the network
+        /// are still removed).
+        #[arg(long)]
+        keep_images: bool,
     },
+    /// The services' logs (local target: the containers' logs, prefixed by container).
+    Logs(LogsArgs),
     /// Stacks, services, task definition revisions and images.
     Status {
         #[command(flatten)]
         overrides: Overrides,
     },
+}
+
+/// Flags of `logs`; one definition for both targets.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this service (default: every service).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Keep printing new lines until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only lines newer than this: seconds, or a duration such as 90s, 10m, 2h, 1d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
+    /// At most this many lines per container before following (default: all).
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d` -> a duration.
+pub fn parse_since(raw: &str) -> Result<std::time::Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration; use e.g. 90s, 10m, 2h, 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{raw}`: unknown unit `{unit}`; use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Flags shared by `up` and `redeploy`.

@@ -23,6 +23,13 @@ pub struct Config {
     /// AWS region; falls back to `--region`, AWS_REGION or the profile.
     #[serde(default)]
     pub region: Option<String>,
+    /// Where the services run: ECS Fargate (`aws`, the default) or the local Docker engine.
+    /// `--target` and `DEPLOYER_TARGET` override it.
+    #[serde(default)]
+    pub target: TargetKind,
+    /// What differs on the local target (only read there).
+    #[serde(default)]
+    pub local: Local,
     #[serde(default)]
     pub network: Network,
     #[serde(default)]
@@ -33,6 +40,83 @@ pub struct Config {
     #[serde(default)]
     pub data_lake: Option<DataLake>,
     pub services: BTreeMap<String, Service>,
+}
+
+/// Where a project's services run (see src/target.rs).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// ECS Fargate services, through CloudFormation and the ECS API.
+    #[default]
+    Aws,
+    /// Containers on the local Docker engine, rolled with ECS's rules by the deployer.
+    Local,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aws => "aws",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `local:` section: what differs when the services run on a laptop's Docker engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    /// `host` (default): containers share the host's network namespace and reach services on
+    /// 127.0.0.1 (a local Prefect server). `bridge`: a project network `deployer-<project>`;
+    /// the host is `host.docker.internal` there.
+    #[serde(default)]
+    pub network: LocalNetwork,
+    /// Host directory for the file data lake, relative to the config file. The deployer creates
+    /// it (writable by the image's non-root user), mounts it at `lake_mount`, and never deletes it.
+    #[serde(default)]
+    pub lake_dir: Option<PathBuf>,
+    /// Where `lake_dir` appears inside every container.
+    #[serde(default = "default_lake_mount")]
+    pub lake_mount: String,
+    /// Per service: environment values that replace or add to `services.<name>.environment`.
+    #[serde(default)]
+    pub services: BTreeMap<String, LocalService>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalService {
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalNetwork {
+    #[default]
+    Host,
+    Bridge,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Self {
+            network: LocalNetwork::default(),
+            lake_dir: None,
+            lake_mount: default_lake_mount(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_lake_mount() -> String {
+    "/lake".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -479,6 +563,7 @@ pub fn validate(c: &Config) -> Vec<String> {
             ));
         }
     }
+    validate_local(c, &mut p);
     for (name, s) in &c.services {
         let k = format!("services.{name}");
         if !valid_name(name, 32) {
@@ -596,6 +681,45 @@ pub fn validate(c: &Config) -> Vec<String> {
         }
     }
     p
+}
+
+/// The `local:` section: services it names exist, variable names are valid and not secrets.
+fn validate_local(c: &Config, p: &mut Vec<String>) {
+    let l = &c.local;
+    if !l.lake_mount.starts_with('/') || l.lake_mount == "/" {
+        p.push(format!(
+            "local.lake_mount: `{}` must be an absolute path inside the container, e.g. /lake",
+            l.lake_mount
+        ));
+    }
+    if l.lake_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        p.push("local.lake_dir: must not be empty; e.g. .deployer/lake".into());
+    }
+    for (name, ls) in &l.services {
+        let k = format!("local.services.{name}");
+        let Some(service) = c.services.get(name) else {
+            p.push(format!(
+                "{k}: no service `{name}` in `services`; local settings only adjust existing services ({})",
+                c.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        };
+        for key in ls.environment.keys() {
+            if !valid_env_name(key) {
+                p.push(format!(
+                    "{k}.environment.{key}: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                ));
+            }
+            if service.secrets.contains(key) {
+                p.push(format!(
+                    "{k}.environment.{key}: `{key}` is a secret of services.{name}; its value comes from the deployer's environment, not the config"
+                ));
+            }
+        }
+    }
 }
 
 fn join(values: &[u32]) -> String {

@@ -161,7 +161,7 @@ pub fn service_spec(
     }
 }
 
-fn platform(s: &crate::config::Service) -> Platform {
+pub fn platform(s: &crate::config::Service) -> Platform {
     match s.architecture {
         crate::config::Architecture::X86_64 => Platform::LinuxAmd64,
         crate::config::Architecture::Arm64 => Platform::LinuxArm64,
@@ -207,7 +207,7 @@ pub struct ImageReport {
 pub async fn build_images(
     c: &Config,
     base_dir: &Path,
-    ecr: &aws_sdk_ecr::Client,
+    ecr: Option<&aws_sdk_ecr::Client>,
     flags: &ImageFlags,
     push: bool,
     ui: &Ui,
@@ -241,6 +241,16 @@ pub async fn build_images(
 pub enum Mode {
     Up,
     Redeploy,
+}
+
+impl Mode {
+    /// The command's name (for the deploy lock and messages).
+    pub fn command(self) -> &'static str {
+        match self {
+            Mode::Up => "up",
+            Mode::Redeploy => "redeploy",
+        }
+    }
 }
 
 /// For `redeploy`: an infrastructure stack must already exist, be healthy and be ours.
@@ -304,7 +314,7 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     let registry_and_images = async {
         let applied = infra(&registry).await?;
         let images = interrupt::or_interrupted(
-            build_images(c, &ctx.loaded.dir, &cl.ecr, flags, true, ui),
+            build_images(c, &ctx.loaded.dir, Some(&cl.ecr), flags, true, ui),
             "the image build",
             "the build was stopped; no service was changed",
         )
@@ -555,21 +565,7 @@ async fn deploy_service(
 /// The folder ignores itself for git (as cargo's `target/` does): artifacts written inside a
 /// work tree must not make the next build's tree "dirty" and so give it a new image tag.
 fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
-    let ignore = out_dir.join(".gitignore");
-    if !ignore.exists() {
-        std::fs::create_dir_all(out_dir)
-            .and_then(|_| {
-                std::fs::write(
-                    &ignore,
-                    "# written by deployer: artifacts, not sources\n*\n",
-                )
-            })
-            .map_err(|e| {
-                Error::failure(format!("cannot write {}: {e}", ignore.display())).with_help(
-                    "the deployment itself succeeded; pass --out-dir to a writable directory",
-                )
-            })?;
-    }
+    ignore_out_dir(out_dir)?;
     for s in services {
         let Some(td) = &s.task_definition else {
             continue;
@@ -587,6 +583,26 @@ fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Make the artifacts folder ignore itself for git (see [`write_artifacts`]).
+pub fn ignore_out_dir(out_dir: &Path) -> Result<()> {
+    let ignore = out_dir.join(".gitignore");
+    if ignore.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out_dir)
+        .and_then(|_| {
+            std::fs::write(
+                &ignore,
+                "# written by deployer: artifacts, not sources\n*\n",
+            )
+        })
+        .map_err(|e| {
+            Error::failure(format!("cannot write {}: {e}", ignore.display())).with_help(
+                "the deployment itself succeeded; pass --out-dir to a writable directory",
+            )
+        })
 }
 
 /// One entry of `plan`'s output.

@@ -3,13 +3,14 @@
 use clap::Parser;
 use deployer::aws::{Clients, Target};
 use deployer::cli::{Cli, Command, DeployArgs, Global, Overrides};
-use deployer::config::{self, Loaded};
+use deployer::config::{self, Loaded, TargetKind};
 use deployer::deploy::{self, Ctx};
 use deployer::error::{Error, ExitCode, Result};
+use deployer::local::Local;
 use deployer::rollout::rollback;
 use deployer::stacks::Wait;
 use deployer::ui::Ui;
-use deployer::{destroy, interrupt, status, summary};
+use deployer::{destroy, interrupt, status, summary, target};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -143,14 +144,144 @@ fn calls_json(cl: &Clients) -> serde_json::Value {
 
 async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
     let g = &cli.global;
+    let none = Overrides::default();
+    let overrides = match &cli.command {
+        Command::Init { force } => return init(&g.config, *force, ui),
+        Command::Plan { overrides, .. }
+        | Command::Build { overrides, .. }
+        | Command::Status { overrides } => overrides,
+        Command::Up(args) | Command::Redeploy(args) => &args.overrides,
+        Command::Rollback { .. } | Command::Destroy { .. } | Command::Logs(_) => &none,
+    };
+    let loaded = load(g, overrides)?;
+    let target = target::resolve(g.target, &loaded);
+    target::guard(&loaded, target)?;
+    match target {
+        TargetKind::Local => run_local(cli, ui, &loaded).await,
+        TargetKind::Aws => run_aws(cli, ui, loaded).await,
+    }
+}
+
+/// Every command on the local Docker engine (src/local/).
+async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
+    let g = &cli.global;
+    let local = Local::new(loaded, ui, Duration::from_secs(g.wait_for_lock));
     let started = Instant::now();
     match &cli.command {
-        Command::Init { force } => init(&g.config, *force, ui),
-        Command::Plan {
-            overrides,
-            exit_code,
-        } => {
-            let loaded = load(g, overrides)?;
+        Command::Init { .. } => unreachable!("init runs before a config is loaded"),
+        Command::Plan { exit_code, .. } => {
+            let report = local.plan().await?;
+            ui.result(summary::local_plan_text(&report).trim_end());
+            ui.result_json(&ok_json(&report));
+            Ok(if *exit_code && report.changes {
+                ExitCode::BadInput
+            } else {
+                ExitCode::Success
+            })
+        }
+        Command::Up(args) | Command::Redeploy(args) => {
+            let mode = match &cli.command {
+                Command::Redeploy(_) => deploy::Mode::Redeploy,
+                _ => deploy::Mode::Up,
+            };
+            let report = local.up(&args.image, &args.out_dir, mode).await?;
+            let md = summary::local_up_markdown(&report);
+            write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui);
+            ui.result(summary::local_up_text(&report).trim_end());
+            let mut v = ok_json(&report);
+            v["seconds"] = json!(started.elapsed().as_secs_f64());
+            ui.result_json(&v);
+            Ok(ExitCode::Success)
+        }
+        Command::Build { push, image, .. } => {
+            let images = interrupt::or_interrupted(
+                deploy::build_images(&loaded.config, &loaded.dir, None, image, *push, ui),
+                "the image build",
+                "the build was stopped",
+            )
+            .await?;
+            print_images(loaded, &images, ui)
+        }
+        Command::Rollback { service, to } => {
+            let to = match to {
+                Some(n) => Some(u32::try_from(*n).map_err(|_| {
+                    Error::bad_input(format!("--to {n}: a revision is a positive number"))
+                })?),
+                None => None,
+            };
+            let done = local.rollback(service.as_deref(), to).await?;
+            for (service, from, to) in &done {
+                ui.result(format!("{service}: rolled back revision {from} -> {to}"));
+            }
+            let list: Vec<_> = done
+                .iter()
+                .map(|(s, f, t)| json!({"service": s, "from": f, "to": t}))
+                .collect();
+            ui.result_json(&json!({"ok": true, "target": "local", "rollbacks": list}));
+            Ok(ExitCode::Success)
+        }
+        Command::Destroy { yes, keep_images } => {
+            let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
+            let report = local.destroy(*keep_images, confirm).await?;
+            ui.result(summary::local_destroy_text(&report).trim_end());
+            ui.result_json(&ok_json(&report));
+            Ok(ExitCode::Success)
+        }
+        Command::Status { .. } => {
+            let report = local.status().await?;
+            ui.result(summary::local_status_text(&report).trim_end());
+            ui.result_json(&ok_json(&report));
+            Ok(ExitCode::Success)
+        }
+        Command::Logs(args) => {
+            let lines = deployer::local::logs::print(&loaded.config, args, ui).await?;
+            ui.result_json(&json!({"ok": true, "target": "local", "lines": lines}));
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+/// A report as the `--json` object, with `"ok": true`.
+fn ok_json(report: &impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    v["ok"] = json!(true);
+    v
+}
+
+/// `<out>/summary.md`, the job summary and the step outputs. The summary file is a
+/// convenience; failing to write it must not fail a deploy.
+fn write_summaries(out_dir: &Path, md: &str, outputs: &str, ui: &Ui) {
+    if let Err(e) = std::fs::write(out_dir.join("summary.md"), md) {
+        ui.warn(format!(
+            "could not write {}/summary.md: {e}",
+            out_dir.display()
+        ));
+    }
+    summary::append_env_file("GITHUB_STEP_SUMMARY", md);
+    summary::append_env_file("GITHUB_OUTPUT", outputs);
+}
+
+fn print_images(loaded: &Loaded, images: &[deploy::ImageReport], ui: &Ui) -> Result<ExitCode> {
+    if images.is_empty() {
+        return Err(Error::bad_input(format!(
+            "{}: no service has a `build:` section; nothing to build",
+            loaded.path.display()
+        )));
+    }
+    for i in images {
+        ui.result(format!("{} {}", i.service, i.image.image_uri));
+    }
+    ui.result_json(&json!({"ok": true, "images": images}));
+    Ok(ExitCode::Success)
+}
+
+/// Every command against AWS.
+async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
+    let g = &cli.global;
+    let started = Instant::now();
+    match &cli.command {
+        Command::Init { .. } => unreachable!("init runs before a config is loaded"),
+        Command::Plan { exit_code, .. } => {
             let clients = clients(g, &loaded).await?;
             let ctx = Ctx {
                 loaded,
@@ -160,8 +291,7 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
             };
             let report = deploy::plan(&ctx).await?;
             ui.result(summary::plan_text(&report).trim_end());
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["ok"] = json!(true);
+            let mut v = ok_json(&report);
             v["api_calls"] = calls_json(&ctx.clients);
             ui.result_json(&v);
             Ok(if *exit_code && report.changes {
@@ -175,19 +305,12 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 Command::Redeploy(_) => deploy::Mode::Redeploy,
                 _ => deploy::Mode::Up,
             };
-            let DeployArgs {
-                overrides,
-                out_dir,
-                image,
-            } = args;
-            let loaded = load(g, overrides)?;
+            let DeployArgs { out_dir, image, .. } = args;
             let clients = clients(g, &loaded).await?;
-            let command = if mode == deploy::Mode::Up {
-                "up"
-            } else {
-                "redeploy"
-            };
-            install_lock(g, &clients, &loaded.config.project, command, ui).await?;
+            install_lock(g, &clients, &loaded.config.project, mode.command(), ui).await?;
+            if mode == deploy::Mode::Up {
+                target::record(&loaded.dir, &loaded.config.project, TargetKind::Aws)?;
+            }
             let ctx = Ctx {
                 loaded,
                 clients,
@@ -195,56 +318,30 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
                 wait: wait(g),
             };
             let report = deploy::up(&ctx, image, out_dir, mode).await?;
-            let md = summary::up_markdown(&report);
-            // The summary file is a convenience; failing to write it must not fail a deploy.
-            if let Err(e) = std::fs::write(out_dir.join("summary.md"), &md) {
-                ui.warn(format!(
-                    "could not write {}/summary.md: {e}",
-                    out_dir.display()
-                ));
-            }
-            summary::append_env_file("GITHUB_STEP_SUMMARY", &md);
-            summary::append_env_file("GITHUB_OUTPUT", &summary::up_outputs(&report));
+            write_summaries(out_dir, &summary::up_markdown(&report), &summary::up_outputs(&report), ui);
             ui.result(summary::up_text(&report).trim_end());
             let calls = calls_json(&ctx.clients);
             ui.detail(format!(
                 "{:.2}s, AWS API calls: {calls}",
                 started.elapsed().as_secs_f64()
             ));
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["ok"] = json!(true);
+            let mut v = ok_json(&report);
             v["seconds"] = json!(started.elapsed().as_secs_f64());
             v["api_calls"] = calls;
             ui.result_json(&v);
             Ok(ExitCode::Success)
         }
-        Command::Build {
-            overrides,
-            push,
-            image,
-        } => {
-            let loaded = load(g, overrides)?;
+        Command::Build { push, image, .. } => {
             let clients = clients(g, &loaded).await?;
             let images = interrupt::or_interrupted(
-                deploy::build_images(&loaded.config, &loaded.dir, &clients.ecr, image, *push, ui),
+                deploy::build_images(&loaded.config, &loaded.dir, Some(&clients.ecr), image, *push, ui),
                 "the image build",
                 "the build was stopped",
             )
             .await?;
-            if images.is_empty() {
-                return Err(Error::bad_input(format!(
-                    "{}: no service has a `build:` section; nothing to build",
-                    loaded.path.display()
-                )));
-            }
-            for i in &images {
-                ui.result(format!("{} {}", i.service, i.image.image_uri));
-            }
-            ui.result_json(&json!({"ok": true, "images": images}));
-            Ok(ExitCode::Success)
+            print_images(&loaded, &images, ui)
         }
         Command::Rollback { service, to } => {
-            let loaded = load(g, &Overrides::default())?;
             let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, "rollback", ui).await?;
             let refs =
@@ -263,28 +360,33 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
             ui.result_json(&json!({"ok": true, "rollbacks": done}));
             Ok(ExitCode::Success)
         }
-        Command::Destroy { yes } => {
-            let loaded = load(g, &Overrides::default())?;
+        Command::Destroy { yes, keep_images } => {
+            if *keep_images {
+                ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
+            }
             let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, "destroy", ui).await?;
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
             let report = destroy::destroy(&loaded.config, &clients, wait(g), ui, confirm).await?;
+            target::clear(&loaded.dir, &loaded.config.project);
             ui.result(summary::destroy_text(&report).trim_end());
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["ok"] = json!(true);
-            ui.result_json(&v);
+            ui.result_json(&ok_json(&report));
             Ok(ExitCode::Success)
         }
-        Command::Status { overrides } => {
-            let loaded = load(g, overrides)?;
+        Command::Status { .. } => {
             let clients = clients(g, &loaded).await?;
             let report = status::status(&loaded.config, &clients).await?;
             ui.result(summary::status_text(&report).trim_end());
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["ok"] = json!(true);
-            ui.result_json(&v);
+            ui.result_json(&ok_json(&report));
             Ok(ExitCode::Success)
         }
+        Command::Logs(_) => Err(Error::failure(
+            "`deployer logs` reads the local target's containers; on AWS it is not built yet",
+        )
+        .with_help(format!(
+            "read CloudWatch Logs group /ecs/{}/<service> (e.g. `aws logs tail /ecs/{}/<service> --follow`), or use --target local",
+            loaded.config.project, loaded.config.project
+        ))),
     }
 }
 

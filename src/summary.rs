@@ -234,3 +234,187 @@ pub fn destroy_text(r: &DestroyReport) -> String {
     }
     s
 }
+
+/// `up`/`redeploy` on the local target, for people (stdout).
+pub fn local_up_text(r: &crate::local::UpReport) -> String {
+    let mut s = format!(
+        "{}: {} (local target, engine {})\n",
+        r.project,
+        if r.unchanged {
+            "nothing to change"
+        } else {
+            "deployed"
+        },
+        r.engine
+    );
+    for i in &r.images {
+        let how = if i.built {
+            "built"
+        } else {
+            "already in the engine"
+        };
+        let _ = writeln!(s, "  image   {:<32} {} ({how})", i.service, i.image_ref);
+    }
+    for sv in &r.services {
+        let roll = sv.roll.as_ref().map_or(String::new(), |roll| {
+            format!(
+                " (rolled in {:.1}s: {} started, {} stopped{})",
+                roll.seconds,
+                roll.started.len(),
+                roll.stopped.len(),
+                if roll.failed_starts.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} failed start(s)", roll.failed_starts.len())
+                }
+            )
+        });
+        let _ = writeln!(
+            s,
+            "  service {:<32} revision {} {}{roll}\n          containers {}",
+            sv.service,
+            sv.revision,
+            match sv.action {
+                crate::local::Action::Unchanged => "unchanged",
+                crate::local::Action::Rolled => "running",
+            },
+            sv.containers.join(", ")
+        );
+    }
+    if let Some(lake) = &r.lake_dir {
+        let _ = writeln!(s, "  data lake {}", lake.display());
+    }
+    s
+}
+
+/// The Markdown job summary of a local `up`.
+pub fn local_up_markdown(r: &crate::local::UpReport) -> String {
+    let mut s = format!(
+        "## deployer up: {} (local)\n\n{} on `{}`.\n\n| service | revision | image | containers |\n|---|---|---|---|\n",
+        r.project,
+        if r.unchanged {
+            "Nothing to change"
+        } else {
+            "Deployed"
+        },
+        r.engine
+    );
+    for sv in &r.services {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | `{}` | {} |",
+            sv.service,
+            sv.revision,
+            sv.image_ref,
+            sv.containers.len()
+        );
+    }
+    s
+}
+
+/// `key=value` lines for `$GITHUB_OUTPUT` after a local `up`.
+pub fn local_up_outputs(r: &crate::local::UpReport) -> String {
+    let mut s = format!("changed={}\n", !r.unchanged);
+    for sv in &r.services {
+        let _ = writeln!(s, "{}-image={}", sv.service, sv.image_ref);
+        let _ = writeln!(s, "{}-revision={}", sv.service, sv.revision);
+    }
+    s
+}
+
+pub fn local_status_text(r: &crate::local::StatusReport) -> String {
+    let mut s = format!("{} (local target, engine {})\n", r.project, r.engine);
+    for sv in &r.services {
+        let _ = writeln!(
+            s,
+            "service {:<24} {}/{} running, revision {}",
+            sv.service,
+            sv.running,
+            sv.desired,
+            sv.revision.map_or("-".to_string(), |n| n.to_string())
+        );
+        for c in &sv.containers {
+            let _ = writeln!(
+                s,
+                "  {:<40} revision {:<3} {}{} restarts {} image {}",
+                c.name,
+                c.revision,
+                c.state,
+                c.health
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" ({h})")),
+                c.restarts,
+                c.image
+            );
+        }
+    }
+    s
+}
+
+pub fn local_destroy_text(r: &crate::local::DestroyReport) -> String {
+    let mut s = if r.nothing {
+        format!("{}: nothing to delete on the local target\n", r.project)
+    } else {
+        format!("{}: destroyed (local target)\n", r.project)
+    };
+    for c in &r.containers {
+        let _ = writeln!(
+            s,
+            "  removed container {} (revision {}, exit code {})",
+            c.container,
+            c.revision,
+            c.exit_code.map_or("-".to_string(), |x| x.to_string())
+        );
+    }
+    if r.network_removed {
+        let _ = writeln!(
+            s,
+            "  removed network {}",
+            crate::local::spec::network_name(&r.project)
+        );
+    }
+    if r.images_kept {
+        let _ = writeln!(s, "  kept the project's images (--keep-images)");
+    } else if r.images_removed > 0 {
+        let _ = writeln!(s, "  removed {} image(s)", r.images_removed);
+    }
+    if let Some(lake) = &r.lake_dir {
+        let _ = writeln!(
+            s,
+            "  kept the data lake {} (delete it yourself when it is no longer needed: rm -r '{}')",
+            lake.display(),
+            lake.display()
+        );
+    }
+    s
+}
+
+pub fn local_plan_text(r: &crate::local::PlanReport) -> String {
+    use crate::local::PlanAction;
+    let mut s = String::new();
+    for sv in &r.services {
+        let current = sv
+            .current
+            .map_or(String::new(), |n| format!(" (running revision {n})"));
+        let verb = match sv.action {
+            PlanAction::Create => "start",
+            PlanAction::Roll => "roll a new revision",
+            PlanAction::Scale => "scale",
+            PlanAction::Unchanged => "no change",
+        };
+        let _ = writeln!(s, "service {}{current}: {verb}", sv.service);
+        for d in &sv.differences {
+            let _ = writeln!(s, "  {d}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{}",
+        if r.changes {
+            "changes pending: run `deployer up --target local` to apply"
+        } else {
+            "no changes"
+        }
+    );
+    s
+}

@@ -39,7 +39,7 @@ async fn try_publish(
     let mut req = PublishRequest::new(spec, base, repo);
     req.registry_override = Some(registry.to_string());
     req.retry = retry;
-    image::publish(&req, &offline_ecr(), &Ui::silent()).await
+    image::publish(&req, Some(&offline_ecr()), &Ui::silent()).await
 }
 
 fn assert_pushed_by_digest(p: &PublishedImage, registry: &str, repo: &str) {
@@ -380,7 +380,7 @@ async fn arm64_build_is_tagged_by_commit_and_labelled() {
     let mut req = PublishRequest::new(&spec, root, &repo);
     req.platform = deployer::image::Platform::LinuxArm64;
     req.push = false;
-    let built = image::publish(&req, &offline_ecr(), &Ui::silent())
+    let built = image::publish(&req, Some(&offline_ecr()), &Ui::silent())
         .await
         .expect("arm64 build");
     assert_eq!(

@@ -150,6 +150,9 @@ pub struct PublishRequest<'a> {
     /// Environment variables the prebuild command must not see (the deployer's secrets: a
     /// build script has no business reading them, and its output is printed on failure).
     pub hidden_env: Vec<String>,
+    /// Labels added to the image besides the source labels (the local target marks its
+    /// images with the project, so `destroy` finds them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl<'a> PublishRequest<'a> {
@@ -175,6 +178,7 @@ impl<'a> PublishRequest<'a> {
             push: true,
             retry: RetryPolicy::default(),
             hidden_env: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -190,7 +194,8 @@ pub struct PublishedImage {
     pub tagged_ref: String,
     /// Registry manifest digest `sha256:...` (None for a local-only build).
     pub digest: Option<String>,
-    /// The tag was already in the registry: nothing was built or pushed.
+    /// The tag was already in the registry (for a local-only build: in the engine): nothing
+    /// was built or pushed.
     pub skipped_push: bool,
     /// Local image id (config digest) when the image was built.
     pub image_id: Option<String>,
@@ -224,10 +229,12 @@ impl Registry {
     }
 }
 
-/// Build and push one service image. See the module docs for the order of steps.
+/// Build and push one service image. See the module docs for the order of steps. `ecr` is
+/// needed only to push to ECR (no `registry_override`); a local-only build (`push: false`)
+/// contacts no registry.
 pub async fn publish(
     req: &PublishRequest<'_>,
-    ecr: &aws_sdk_ecr::Client,
+    ecr: Option<&aws_sdk_ecr::Client>,
     ui: &Ui,
 ) -> Result<PublishedImage> {
     validate_repository(&req.repository)?;
@@ -242,10 +249,16 @@ pub async fn publish(
             .ensure_clean()?,
         }
     }
-    let registry = match (&req.registry_override, req.push) {
-        (Some(host), _) => Registry::Override(host.clone()),
-        (None, true) => Registry::Ecr(auth::ecr_auth(ecr).await?),
-        (None, false) => Registry::Local,
+    let registry = match (&req.registry_override, req.push, ecr) {
+        (Some(host), _, _) => Registry::Override(host.clone()),
+        (None, true, Some(ecr)) => Registry::Ecr(auth::ecr_auth(ecr).await?),
+        (None, true, None) => {
+            return Err(Error::failure(
+                "no registry to push to: ECR needs AWS access and none was set up",
+            )
+            .with_help("pass --registry HOST:PORT, or build without pushing"));
+        }
+        (None, false, _) => Registry::Local,
     };
     let repo_ref = match registry.host() {
         Some(host) => format!("{host}/{}", req.repository),
@@ -304,7 +317,10 @@ pub async fn publish(
             args: &req.spec.args,
             target: req.spec.target.as_deref(),
             platform: req.platform,
-            labels: labels(&identity),
+            labels: labels(&identity)
+                .into_iter()
+                .chain(req.labels.clone())
+                .collect(),
         },
         ui,
     )
@@ -349,17 +365,18 @@ async fn existing(
     registry: &Registry,
     repo_ref: &str,
     tag: &str,
-    ecr: &aws_sdk_ecr::Client,
+    ecr: Option<&aws_sdk_ecr::Client>,
     docker: &mut Option<Docker>,
     ui: &Ui,
 ) -> Result<Option<PublishedImage>> {
-    if !req.push {
-        return Ok(None);
-    }
     let started = Instant::now();
-    let digest = match registry {
-        Registry::Ecr(_) => ecr_digest(ecr, &req.repository, tag).await?,
-        Registry::Override(_) => {
+    if !req.push {
+        return local_image(repo_ref, tag, docker, ui, started).await;
+    }
+    let digest = match (registry, ecr) {
+        (Registry::Ecr(_), Some(ecr)) => ecr_digest(ecr, &req.repository, tag).await?,
+        (Registry::Ecr(_), None) => None,
+        (Registry::Override(_), _) => {
             if docker.is_none() {
                 *docker = Some(build::connect().await?);
             }
@@ -368,7 +385,7 @@ async fn existing(
                 None => None,
             }
         }
-        Registry::Local => None,
+        (Registry::Local, _) => None,
     };
     Ok(digest.map(|digest| {
         ui.step(format!(
@@ -390,6 +407,45 @@ async fn existing(
             build_seconds: 0.0,
             push_seconds: started.elapsed().as_secs_f64(),
         }
+    }))
+}
+
+/// A local-only build whose tag the engine already has: nothing to build (tags name their
+/// inputs: commit, uncommitted changes and recipe, or the context's content).
+async fn local_image(
+    repo_ref: &str,
+    tag: &str,
+    docker: &mut Option<Docker>,
+    ui: &Ui,
+    started: Instant,
+) -> Result<Option<PublishedImage>> {
+    if docker.is_none() {
+        *docker = Some(build::connect().await?);
+    }
+    let Some(d) = docker else { return Ok(None) };
+    let tagged_ref = format!("{repo_ref}:{tag}");
+    let Ok(found) = d.inspect_image(&tagged_ref).await else {
+        return Ok(None);
+    };
+    let Some(id) = found.id else { return Ok(None) };
+    ui.step(format!(
+        "{tagged_ref} is already in the local engine ({id}); skipping the build"
+    ));
+    Ok(Some(PublishedImage {
+        image_uri: tagged_ref.clone(),
+        tag: tag.to_string(),
+        tagged_ref,
+        digest: None,
+        skipped_push: true,
+        image_id: Some(id),
+        layers_pushed: 0,
+        layers_skipped: 0,
+        bytes_pushed: 0,
+        context_bytes: 0,
+        build_steps: 0,
+        cached_steps: 0,
+        build_seconds: 0.0,
+        push_seconds: started.elapsed().as_secs_f64(),
     }))
 }
 
