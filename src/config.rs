@@ -93,6 +93,7 @@ pub struct Local {
 #[serde(deny_unknown_fields)]
 pub struct LocalService {
     #[serde(default)]
+    #[serde(deserialize_with = "env_values")]
     pub environment: BTreeMap<String, String>,
 }
 
@@ -113,6 +114,35 @@ impl Default for Local {
             services: BTreeMap::new(),
         }
     }
+}
+
+/// Environment values are strings to the container, but YAML (and `--set`) reads `10` as a
+/// number and `true` as a bool: accept any scalar, as its text. Lists and maps are refused.
+fn env_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let raw: Option<BTreeMap<String, Scalar>> = Option::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 fn default_lake_mount() -> String {
@@ -215,6 +245,7 @@ pub struct Service {
     #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
+    #[serde(deserialize_with = "env_values")]
     pub environment: BTreeMap<String, String>,
     /// Names of secrets: values come from the deployer's environment at deploy time and are
     /// stored as SSM SecureString parameters `/<project>/<service>/<NAME>`.
@@ -870,6 +901,23 @@ mod tests {
     fn bad_override_is_named() {
         let e = parse_err(MIN, &["services.web.cpu"]);
         assert!(e.contains("--set services.web.cpu"), "{e}");
+    }
+
+    #[test]
+    fn environment_values_may_be_numbers_or_bools_but_not_lists() {
+        let c = parse(
+            &format!("{MIN}    environment: {{A: 10, B: true, C: '1.5', D: 2.5}}\n"),
+            Path::new("deployer.yaml"),
+            &["services.web.environment.E=7".to_string()],
+        )
+        .expect("scalars are accepted");
+        let env = &c.services["web"].environment;
+        assert_eq!(
+            env.values().map(String::as_str).collect::<Vec<_>>(),
+            ["10", "true", "1.5", "2.5", "7"]
+        );
+        let e = parse_err(&format!("{MIN}    environment: {{A: [1, 2]}}\n"), &[]);
+        assert!(e.contains("services.web.environment"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod alert;
 mod config;
+mod identity;
 mod logs;
 mod prefect;
 mod runner;
@@ -82,9 +83,18 @@ async fn run(cfg: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let flush = cfg.prefect.as_ref().map_or(Duration::ZERO, |p| p.flush);
+    let flow_name = cfg
+        .prefect
+        .as_ref()
+        .map_or("price-stream", |p| p.flow_name.as_str());
+    let identity = identity::resolve(&|k| std::env::var(k).ok(), flow_name).await;
+    logs::info(
+        "deployment identity",
+        json!({ "deployment": identity.parameter() }),
+    );
     let (mut reporter, worker) = match &cfg.prefect {
         Some(p) => {
-            let (r, h) = Reporter::start(p);
+            let (r, h) = Reporter::start(p, &identity);
             (r, Some(h))
         }
         None => (Reporter::disabled(), None),

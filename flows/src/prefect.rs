@@ -372,7 +372,11 @@ impl Reporter {
         }
     }
 
-    pub fn start(settings: &PrefectSettings) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Start the reporting worker; every flow run carries `identity` (tags and a parameter).
+    pub fn start(
+        settings: &PrefectSettings,
+        identity: &crate::identity::Identity,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let client = Arc::new(PrefectClient::new(
             &settings.api_url,
             settings.api_key.clone(),
@@ -391,6 +395,10 @@ impl Reporter {
             client,
             shared: shared.clone(),
             flow_name: settings.flow_name.clone(),
+            tags: std::iter::once(settings.flow_name.clone())
+                .chain(identity.tags())
+                .collect(),
+            deployment: identity.parameter(),
             flow_id: None,
             down_until: None,
             failures: 0,
@@ -507,6 +515,10 @@ struct Worker {
     client: Arc<PrefectClient>,
     shared: Arc<Shared>,
     flow_name: String,
+    /// The flow name and the deployment identity (src/identity.rs) as Prefect tags.
+    tags: Vec<String>,
+    /// The `deployment` parameter of every flow run.
+    deployment: Value,
     flow_id: Option<Uuid>,
     /// After a failed request nothing is sent before this instant (reports wait meanwhile).
     down_until: Option<Instant>,
@@ -732,7 +744,8 @@ impl Worker {
                 }
             }
             let (run_id, iteration) = (p.run_id, p.iteration);
-            let mut parameters = json!({ "run_id": run_id, "iteration": iteration });
+            let mut parameters =
+                json!({ "run_id": run_id, "iteration": iteration, "deployment": self.deployment });
             if let Some(r) = p.replay_of {
                 parameters["replay_of"] = json!(r);
             }
@@ -740,7 +753,7 @@ impl Worker {
                 "flow_id": self.flow_id,
                 "name": format!("{}-{iteration}-{}", self.flow_name, &run_id.simple().to_string()[..8]),
                 "parameters": parameters,
-                "tags": ["price-stream"],
+                "tags": self.tags,
                 // Our run id: a retried create returns the same flow run instead of a second one.
                 "idempotency_key": run_id.to_string(),
                 "state": { "type": "RUNNING", "name": "Running",

@@ -240,7 +240,10 @@ impl Engine {
                 timeout: Some(i64::from(h.timeout) * NS_PER_S),
                 retries: Some(i64::from(h.retries)),
                 start_period: Some(i64::from(h.start_period) * NS_PER_S),
-                start_interval: None,
+                // Engines with API 1.44+ probe every second during the start period, so a
+                // new container is known healthy soon after its first good check; older
+                // engines ignore the field and probe at `interval`. Not part of the revision.
+                start_interval: (h.start_period > 0).then_some(NS_PER_S),
             },
             // ECS ignores an image's HEALTHCHECK; so does the local target.
             None => HealthConfig {

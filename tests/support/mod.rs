@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod prefect;
 
 use bollard::Docker;
 use futures::StreamExt;
