@@ -95,6 +95,8 @@ pub enum Command {
         /// This revision number (default: the newest ACTIVE revision older than the running one).
         #[arg(long, value_name = "REVISION")]
         to: Option<i32>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Build each service's image (and push it with --push).
     Build {
@@ -115,6 +117,8 @@ pub enum Command {
         /// are still removed).
         #[arg(long)]
         keep_images: bool,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// The services' logs (local target: the containers' logs, prefixed by container).
     Logs(LogsArgs),
@@ -140,6 +144,8 @@ pub struct LogsArgs {
     /// At most this many lines per container before following (default: all).
     #[arg(long, value_name = "N")]
     pub tail: Option<u32>,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 /// `90`, `90s`, `10m`, `2h`, `1d` -> a duration.

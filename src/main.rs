@@ -144,14 +144,15 @@ fn calls_json(cl: &Clients) -> serde_json::Value {
 
 async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
     let g = &cli.global;
-    let none = Overrides::default();
     let overrides = match &cli.command {
         Command::Init { force } => return init(&g.config, *force, ui),
         Command::Plan { overrides, .. }
         | Command::Build { overrides, .. }
-        | Command::Status { overrides } => overrides,
+        | Command::Status { overrides }
+        | Command::Rollback { overrides, .. }
+        | Command::Destroy { overrides, .. } => overrides,
+        Command::Logs(args) => &args.overrides,
         Command::Up(args) | Command::Redeploy(args) => &args.overrides,
-        Command::Rollback { .. } | Command::Destroy { .. } | Command::Logs(_) => &none,
     };
     let loaded = load(g, overrides)?;
     let target = target::resolve(g.target, &loaded);
@@ -202,7 +203,7 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             .await?;
             print_images(loaded, &images, ui)
         }
-        Command::Rollback { service, to } => {
+        Command::Rollback { service, to, .. } => {
             let to = match to {
                 Some(n) => Some(u32::try_from(*n).map_err(|_| {
                     Error::bad_input(format!("--to {n}: a revision is a positive number"))
@@ -220,7 +221,9 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             ui.result_json(&json!({"ok": true, "target": "local", "rollbacks": list}));
             Ok(ExitCode::Success)
         }
-        Command::Destroy { yes, keep_images } => {
+        Command::Destroy {
+            yes, keep_images, ..
+        } => {
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
             let report = local.destroy(*keep_images, confirm).await?;
             ui.result(summary::local_destroy_text(&report).trim_end());
@@ -341,7 +344,7 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             .await?;
             print_images(&loaded, &images, ui)
         }
-        Command::Rollback { service, to } => {
+        Command::Rollback { service, to, .. } => {
             let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, "rollback", ui).await?;
             let refs =
@@ -360,7 +363,9 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             ui.result_json(&json!({"ok": true, "rollbacks": done}));
             Ok(ExitCode::Success)
         }
-        Command::Destroy { yes, keep_images } => {
+        Command::Destroy {
+            yes, keep_images, ..
+        } => {
             if *keep_images {
                 ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
             }

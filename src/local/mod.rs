@@ -581,7 +581,12 @@ impl Local<'_> {
                             state: i.status.to_string(),
                             health: i.health.map(|h| h.to_string()),
                             restarts: i.restart_count,
-                            image: i.image.clone(),
+                            // The tag the revision was built as, when the state still knows it.
+                            image: state
+                                .services
+                                .get(&i.service)
+                                .and_then(|st| st.by_hash(&i.spec_hash))
+                                .map_or_else(|| i.image.clone(), |r| r.spec.image_ref.clone()),
                         })
                         .collect(),
                     service: name,
