@@ -108,6 +108,17 @@ pub struct RunArgs {
     /// Re-run one iteration for an earlier flow run id: its files are overwritten, not duplicated.
     #[arg(long, env = "REPLAY_RUN_ID")]
     pub replay: Option<Uuid>,
+    /// `on`: at most one instance of the service runs iterations (a lease in Prefect; the
+    /// others stand by and take over). `off`: every instance iterates (availability over a
+    /// single consumer). Without PREFECT_API_URL there is no lease.
+    #[arg(long, env = "LEADER_LEASE", value_enum, default_value_t = LeaseMode::On)]
+    pub leader_lease: LeaseMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LeaseMode {
+    On,
+    Off,
 }
 
 /// A value that must never reach a log line or an error message.
@@ -169,6 +180,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub health_file: PathBuf,
     pub replay: Option<Uuid>,
+    /// Single-consumer lease (only with Prefect, and never for a one-off replay).
+    pub leader_lease: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -276,6 +289,8 @@ impl Config {
         {
             return Err(ConfigError::Threshold(t));
         }
+        let leader_lease =
+            args.leader_lease == LeaseMode::On && prefect.is_some() && args.replay.is_none();
         Ok(Config {
             source: parse_source(&args.source_url)?,
             source_timeout: seconds("SOURCE_TIMEOUT_SECONDS", args.source_timeout_seconds)?,
@@ -293,6 +308,7 @@ impl Config {
             },
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", args.shutdown_grace_seconds)?,
             health_file: args.health_file,
+            leader_lease,
             replay: args.replay,
         })
     }

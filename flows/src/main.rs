@@ -3,6 +3,7 @@
 mod alert;
 mod config;
 mod identity;
+mod lease;
 mod logs;
 mod prefect;
 mod runner;
@@ -99,7 +100,18 @@ async fn run(cfg: Config) -> ExitCode {
         }
         None => (Reporter::disabled(), None),
     };
-    let runner = Runner::new(cfg, reporter.clone()).await;
+    let lease = match (&cfg.prefect, cfg.leader_lease) {
+        (Some(p), true) => Some(lease::Lease::new(
+            std::sync::Arc::new(prefect::PrefectClient::new(
+                &p.api_url,
+                p.api_key.clone(),
+                Duration::from_secs(5),
+            )),
+            &identity,
+        )),
+        _ => None,
+    };
+    let runner = Runner::new(cfg, reporter.clone(), &identity, lease.clone()).await;
     logs::info("price-stream starting", runner.describe());
     let summary = runner.run(shutdown_rx).await;
     drop(runner);
@@ -114,6 +126,11 @@ async fn run(cfg: Config) -> ExitCode {
             "prefect flush deadline reached; undelivered reports dropped",
             json!({ "dropped": n }),
         );
+    }
+    // Only now, with the last iteration's reports delivered, may a standby take over: its
+    // first run then follows this instance's last one in Prefect's timeline.
+    if let Some(lease) = &lease {
+        lease.release().await;
     }
     logs::info(
         "price-stream stopped",

@@ -271,6 +271,144 @@ impl PrefectClient {
     }
 }
 
+/// A flow run left open (RUNNING/PENDING), for crash reconciliation.
+#[derive(Debug, Clone)]
+pub struct OpenRun {
+    pub id: Uuid,
+    /// From its `instance:` tag.
+    pub instance: Option<String>,
+    pub start: Option<String>,
+}
+
+/// The leader lease's calls (src/lease.rs): a one-slot global concurrency limit with leases,
+/// and the Variable that names the holder.
+impl PrefectClient {
+    /// Create the one-slot limit unless it exists.
+    pub async fn ensure_single_slot_limit(&self, name: &str) -> Result<(), PrefectError> {
+        let body = json!({ "name": name, "limit": 1 });
+        match self
+            .call(Method::POST, "/v2/concurrency_limits/", Some(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(PrefectError::Status { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Take the slot for `ttl`: the lease id, or None when another holder has it (HTTP 423).
+    pub async fn acquire_lease(
+        &self,
+        limit: &str,
+        ttl: Duration,
+    ) -> Result<Option<Uuid>, PrefectError> {
+        let body = json!({ "names": [limit], "slots": 1, "lease_duration": ttl.as_secs_f64() });
+        match self
+            .call(
+                Method::POST,
+                "/v2/concurrency_limits/increment-with-lease",
+                Some(&body),
+            )
+            .await
+        {
+            Ok((_, v)) => v
+                .get("lease_id")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .map(Some)
+                .ok_or_else(|| PrefectError::Body("increment-with-lease".into())),
+            Err(PrefectError::Status { status: 423, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extend a lease: false when the server no longer has it (expired and reclaimed).
+    pub async fn renew_lease(&self, id: Uuid, ttl: Duration) -> Result<bool, PrefectError> {
+        let body = json!({ "lease_duration": ttl.as_secs_f64() });
+        match self
+            .call(
+                Method::POST,
+                &format!("/v2/concurrency_limits/leases/{id}/renew"),
+                Some(&body),
+            )
+            .await
+        {
+            Ok((status, _)) => Ok(status != StatusCode::NOT_FOUND),
+            Err(PrefectError::Status { status: 410, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn release_lease(&self, id: Uuid) -> Result<(), PrefectError> {
+        let body = json!({ "lease_id": id });
+        self.call(
+            Method::POST,
+            "/v2/concurrency_limits/decrement-with-lease",
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Set a Variable (create it when absent).
+    pub async fn put_variable(&self, name: &str, value: &Value) -> Result<(), PrefectError> {
+        let (status, _) = self
+            .call(
+                Method::PATCH,
+                &format!("/variables/name/{}", encode(name)),
+                Some(&json!({ "value": value })),
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            self.call(
+                Method::POST,
+                "/variables/",
+                Some(&json!({ "name": name, "value": value })),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Flow runs carrying `tag` that are still RUNNING or PENDING.
+    pub async fn open_runs(&self, tag: &str) -> Result<Vec<OpenRun>, PrefectError> {
+        let body = json!({
+            "flow_runs": {
+                "tags": { "all_": [tag] },
+                "state": { "type": { "any_": ["RUNNING", "PENDING"] } }
+            },
+            "limit": 200
+        });
+        let (_, v) = self
+            .call(Method::POST, "/flow_runs/filter", Some(&body))
+            .await?;
+        Ok(v.as_array()
+            .map(|runs| {
+                runs.iter()
+                    .filter_map(|r| {
+                        Some(OpenRun {
+                            id: Uuid::parse_str(r.get("id")?.as_str()?).ok()?,
+                            instance: r
+                                .get("tags")
+                                .and_then(Value::as_array)
+                                .and_then(|t| {
+                                    t.iter()
+                                        .filter_map(Value::as_str)
+                                        .find_map(|t| t.strip_prefix("instance:"))
+                                })
+                                .map(str::to_string),
+                            start: r
+                                .get("start_time")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
 /// `[a,b,...]` from serialised JSON values.
 fn json_array(items: &[String]) -> String {
     let mut out = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);

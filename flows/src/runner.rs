@@ -15,11 +15,14 @@ use uuid::Uuid;
 
 use crate::alert::{self, Crossing, CrossingState, Slack, Threshold, ThresholdOrigin};
 use crate::config::Config;
+use crate::identity::Identity;
+use crate::lease::{Lease, Standing};
 use crate::logs::{self, Level};
 use crate::prefect::{LogRecord, Report, Reporter, RunState, TaskRecord};
 use crate::sink::Sink;
 use crate::source::{self, PriceSource};
 use crate::transform::{self, PriceRow};
+use std::sync::Arc;
 
 /// Threshold reads from Prefect may not hold the alert task longer than this.
 const THRESHOLD_BUDGET: Duration = Duration::from_secs(2);
@@ -30,6 +33,10 @@ const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 pub struct Runner {
     cfg: Config,
+    /// This instance (the `holder` column of every row).
+    instance: String,
+    /// The single-consumer lease, when on (src/lease.rs).
+    lease: Option<Arc<Lease>>,
     source: Box<dyn PriceSource>,
     sink: Sink,
     slack: Option<Slack>,
@@ -186,12 +193,19 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Runner {
-    pub async fn new(cfg: Config, reporter: Reporter) -> Self {
+    pub async fn new(
+        cfg: Config,
+        reporter: Reporter,
+        identity: &Identity,
+        lease: Option<Arc<Lease>>,
+    ) -> Self {
         let source = source::build(&cfg.source, cfg.source_timeout, cfg.source_retries);
         let sink = Sink::new(&cfg.sink).await;
         let slack = cfg.alert.slack_webhook.clone().map(Slack::new);
         Runner {
             cfg,
+            instance: identity.instance.clone(),
+            lease,
             source,
             sink,
             slack,
@@ -212,6 +226,7 @@ impl Runner {
             "threshold_block": self.cfg.alert.block,
             "threshold_fallback": self.cfg.alert.fallback,
             "health_file": self.cfg.health_file.display().to_string(),
+            "leader_lease": self.lease.is_some(),
         })
     }
 
@@ -227,6 +242,14 @@ impl Runner {
         loop {
             if *shutdown.borrow() || limit.is_some_and(|n| summary.iterations >= n) {
                 break;
+            }
+            if let Some(lease) = &self.lease {
+                let health = &self.cfg.health_file;
+                let pause = self.cfg.interval;
+                let standby = |s: &Standing| write_standby_health(health, s, pause);
+                if !lease.ensure(&mut shutdown, &standby).await {
+                    break;
+                }
             }
             summary.iterations += 1;
             let state = self.one(summary.iterations, shutdown.clone()).await;
@@ -344,7 +367,8 @@ impl Runner {
 
         let (parts, transform_id) = it
             .task("transform", Some(extract_id), async {
-                let rows = transform::to_rows(&quotes, Utc::now(), it.run_id, it.number);
+                let rows =
+                    transform::to_rows(&quotes, Utc::now(), it.run_id, it.number, &self.instance);
                 let parts = transform::partition(rows);
                 let mut encoded = Vec::with_capacity(parts.len());
                 let mut n = 0;
@@ -510,14 +534,7 @@ fn write_health(path: &Path, state: RunState, pause: Duration) {
         "pause_seconds": pause.as_secs_f64(),
     })
     .to_string();
-    let result = (|| {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, path)
-    })();
+    let result = write_file_atomically(path, &body);
     if let Err(e) = result
         && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
@@ -526,6 +543,38 @@ fn write_health(path: &Path, state: RunState, pause: Duration) {
             json!({ "path": path.display().to_string(), "error": e.to_string() }),
         );
     }
+}
+
+/// A standby (or fenced) instance is healthy: it is ready to take over, and replacing it
+/// would not help. The health file says why it does not iterate.
+fn write_standby_health(path: &Path, standing: &Standing, pause: Duration) {
+    let (state, note) = match standing {
+        Standing::Standby(holder) => (
+            "STANDBY",
+            format!(
+                "standby, lease held by {}",
+                holder.as_deref().unwrap_or("another instance")
+            ),
+        ),
+        Standing::Unreachable(e) => ("FENCED", format!("fenced, Prefect unreachable: {e}")),
+        Standing::Holder => return,
+    };
+    let body = json!({
+        "last_iteration_end_unix": Utc::now().timestamp(),
+        "last_state": state,
+        "note": note,
+        "pause_seconds": pause.as_secs_f64(),
+    });
+    let _ = write_file_atomically(path, &body.to_string());
+}
+
+fn write_file_atomically(path: &Path, body: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `price-stream healthcheck`: healthy when the last iteration ended within
@@ -551,6 +600,9 @@ pub fn check_health(
     let allowed = (pause * f64::from(max_intervals)).max(min_seconds as f64);
     let age = (now - last) as f64;
     if age <= allowed {
+        if let Some(note) = v["note"].as_str() {
+            return Ok(format!("healthy: {note} ({age:.0}s ago)"));
+        }
         Ok(format!(
             "healthy: last iteration ended {age:.0}s ago ({})",
             v["last_state"].as_str().unwrap_or("?")

@@ -22,6 +22,9 @@ pub struct PriceRow {
     pub observed_at: DateTime<Utc>,
     pub run_id: Uuid,
     pub iteration: u64,
+    /// The instance that wrote the row (the lease holder, src/lease.rs): an overlap of two
+    /// consumers would show in the data as two holders for one moment.
+    pub holder: String,
 }
 
 pub fn to_rows(
@@ -29,6 +32,7 @@ pub fn to_rows(
     observed_at: DateTime<Utc>,
     run_id: Uuid,
     iteration: u64,
+    holder: &str,
 ) -> Vec<PriceRow> {
     quotes
         .iter()
@@ -39,6 +43,7 @@ pub fn to_rows(
             observed_at,
             run_id,
             iteration,
+            holder: holder.to_string(),
         })
         .collect()
 }
@@ -101,6 +106,7 @@ pub fn schema() -> Arc<Schema> {
         ),
         Field::new("run_id", DataType::Utf8, false),
         Field::new("iteration", DataType::Int64, false),
+        Field::new("holder", DataType::Utf8, false),
     ]))
 }
 
@@ -127,6 +133,9 @@ pub fn to_parquet(rows: &[PriceRow]) -> Result<Vec<u8>, EncodeError> {
         Arc::new(Int64Array::from_iter_values(
             rows.iter()
                 .map(|r| i64::try_from(r.iteration).unwrap_or(i64::MAX)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.holder.as_str()),
         )),
     ];
     let batch = RecordBatch::try_new(schema(), columns).map_err(|e| err(&e))?;
@@ -168,7 +177,7 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-11-25T23:59:59Z")
             .unwrap()
             .to_utc();
-        let rows = to_rows(&quotes(), t, run, 7);
+        let rows = to_rows(&quotes(), t, run, 7, "i-1");
         assert_eq!(rows.len(), 2);
         assert!(
             rows.iter()
@@ -199,7 +208,7 @@ mod tests {
     fn parquet_round_trips() {
         let run = Uuid::new_v4();
         let t = Utc::now();
-        let rows = to_rows(&quotes(), t, run, 3);
+        let rows = to_rows(&quotes(), t, run, 3, "i-1");
         let bytes = to_parquet(&rows).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .unwrap()

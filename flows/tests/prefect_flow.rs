@@ -205,6 +205,9 @@ async fn prefect_down_still_writes_data_and_counts_drops() {
         ("PREFECT_API_URL", format!("http://127.0.0.1:{port}/api")),
         ("SOURCE_URL", price.url.clone()),
         ("REPORT_FLUSH_SECONDS", "2".to_string()),
+        // Availability mode: with the lease on, an unreachable Prefect fences the loop
+        // (flows/tests/lease.rs shows that).
+        ("LEADER_LEASE", "off".to_string()),
     ];
     let started = std::time::Instant::now();
     let mut p = spawn(&env, &["--iterations", "5"]);
@@ -504,6 +507,8 @@ async fn prefect_outage_defers_reports_and_delivers_them_when_it_recovers() {
     let flow = unique("ps-outage");
     let mut env = base_env(&flow, &price);
     env[0] = ("PREFECT_API_URL", flaky.url.clone());
+    // Availability mode: the data path goes on without Prefect (the lease would fence it).
+    env.push(("LEADER_LEASE", "off".to_string()));
     let started = std::time::Instant::now();
     let mut p = spawn(&env, &["--iterations", "3"]);
     // The data path does not wait for Prefect: all three iterations complete during the outage.

@@ -24,6 +24,8 @@ pub struct FlowRun {
 }
 
 async fn post(path: &str, body: Value) -> Value {
+    // Under a workspace build reqwest has the flow's `rustls-no-provider` feature.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     for attempt in 0..20 {
         match client

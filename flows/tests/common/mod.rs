@@ -526,6 +526,8 @@ pub struct Row {
     pub run_id: String,
     pub iteration: i64,
     pub observed_at_us: i64,
+    /// The instance that wrote the row (the lease holder).
+    pub holder: String,
 }
 
 /// Reads one Parquet file; symbol and date come from the Hive path.
@@ -554,6 +556,8 @@ pub fn read_parquet(key: &str, bytes: bytes::Bytes) -> Vec<Row> {
         let run = run.as_any().downcast_ref::<StringArray>().unwrap();
         let it = col("iteration");
         let it = it.as_any().downcast_ref::<Int64Array>().unwrap();
+        let holder = col("holder");
+        let holder = holder.as_any().downcast_ref::<StringArray>().unwrap();
         let ts = col("observed_at");
         let ts = ts
             .as_any()
@@ -570,6 +574,7 @@ pub fn read_parquet(key: &str, bytes: bytes::Bytes) -> Vec<Row> {
                 run_id: run.value(i).to_string(),
                 iteration: it.value(i),
                 observed_at_us: ts.value(i),
+                holder: holder.value(i).to_string(),
             });
         }
     }
