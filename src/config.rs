@@ -346,6 +346,35 @@ pub struct Deployment {
     /// Seconds to wait for a rollout before giving up (exit code 3).
     #[serde(default = "default_rollout_timeout")]
     pub rollout_timeout: u64,
+    /// After the platform says the deployment completed, wait for the new revision's own
+    /// flow runs in Prefect (src/verify.rs). Off unless set.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+}
+
+/// `deployment.verify`: the verdict includes the pipeline, not only the containers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// Completed flow runs of the new revision that make the deployment good; as many failed
+    /// (FAILED/CRASHED) runs first make it bad.
+    #[serde(default = "default_verify_runs")]
+    pub flow_runs: u32,
+    /// Seconds to wait for that verdict (exit 3 past it).
+    #[serde(default = "default_verify_within")]
+    pub within: u64,
+    /// On a bad verdict, roll back to the previous revision (exit 4) instead of leaving the
+    /// new one running (exit 1).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+fn default_verify_runs() -> u32 {
+    2
+}
+
+fn default_verify_within() -> u64 {
+    300
 }
 
 impl Default for Deployment {
@@ -355,6 +384,7 @@ impl Default for Deployment {
             max_percent: default_max_percent(),
             circuit_breaker: true,
             rollout_timeout: default_rollout_timeout(),
+            verify: None,
         }
     }
 }
@@ -703,6 +733,20 @@ pub fn validate(c: &Config) -> Vec<String> {
             p.push(format!(
                 "{k}.deployment: min_healthy_percent 100 with max_percent 100 can never roll; raise max_percent (200 for zero downtime)"
             ));
+        }
+        if let Some(v) = &d.verify {
+            if !(1..=100).contains(&v.flow_runs) {
+                p.push(format!(
+                    "{k}.deployment.verify.flow_runs: {} is out of range; allowed 1..=100",
+                    v.flow_runs
+                ));
+            }
+            if !(10..=86_400).contains(&v.within) {
+                p.push(format!(
+                    "{k}.deployment.verify.within: {} s is out of range; allowed 10..=86400",
+                    v.within
+                ));
+            }
         }
         if !(30..=86_400).contains(&d.rollout_timeout) {
             p.push(format!(

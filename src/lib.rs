@@ -20,3 +20,4 @@ pub mod status;
 pub mod summary;
 pub mod target;
 pub mod ui;
+pub mod verify;

@@ -269,9 +269,15 @@ pub fn local_up_text(r: &crate::local::UpReport) -> String {
                 }
             )
         });
+        let verify = sv.verify.as_ref().map_or(String::new(), |v| {
+            format!(
+                "\n          verify: {} completed flow run(s) of the revision in {:.1}s",
+                v.completed, v.seconds
+            )
+        });
         let _ = writeln!(
             s,
-            "  service {:<32} revision {} {}{roll}\n          containers {}",
+            "  service {:<32} revision {} {}{roll}\n          containers {}{verify}",
             sv.service,
             sv.revision,
             match sv.action {

@@ -401,7 +401,13 @@ async fn interrupt_undoes_the_roll_and_rollback_goes_back() {
 /// second `destroy` is a no-op.
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_removes_only_the_projects_things_and_keeps_the_lake() {
-    let p = Project::new("lt-destroy", "", "  network: bridge\n");
+    let p = Project::new(
+        "lt-destroy",
+        "",
+        // Prefect (on the host's 127.0.0.1) is out of reach from the bridge network: without
+        // the lease the flow still iterates and writes the lake.
+        "        LEADER_LEASE: \"off\"\n  network: bridge\n",
+    );
     let up = p.run(&["up", "--json"]).expect(0).json();
     let image = up["images"][0]["image_ref"]
         .as_str()
@@ -551,5 +557,52 @@ async fn bad_input_is_refused_before_anything_starts() {
         other.stderr.contains("deployed on the local target"),
         "{}",
         other.stderr
+    );
+}
+
+/// `deployment.verify`: a revision passes once its own flow runs complete; a revision whose
+/// every run fails is rolled back (exit 4) with the runs' messages, and the old revision runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_waits_for_the_revisions_own_runs_and_rolls_back_a_failing_one() {
+    let p = Project::new(
+        "lt-verify",
+        "    deployment:\n      verify: {flow_runs: 2, within: 90, rollback: true}\n",
+        "",
+    );
+    let up = p.run(&["up", "--json"]).expect(0).json();
+    let verify = &up["services"][0]["verify"];
+    assert!(verify["completed"].as_u64() >= Some(2), "{up:#}");
+
+    // Extract fails on a closed port: every run of the new revision fails.
+    let bad = p
+        .run(&[
+            "redeploy",
+            "--set",
+            "local.services.price-stream.environment.SOURCE_URL=http://127.0.0.1:9/prices",
+        ])
+        .expect(4);
+    assert!(
+        bad.stderr.contains("failed its pipeline check"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("FAILED"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("rolled back to revision 1"),
+        "{}",
+        bad.stderr
+    );
+    let status = p.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(status["services"][0]["revision"], 1, "{status:#}");
+    let running: Vec<&str> = status["services"][0]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(running.len(), 1, "{status:#}");
+    assert!(
+        running[0].ends_with("-1-1"),
+        "revision 1 runs again: {running:?}"
     );
 }

@@ -77,6 +77,9 @@ pub struct ServiceReport {
     pub containers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<RollReport>,
+    /// The pipeline check (`deployment.verify`), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::Report>,
     #[serde(skip)]
     pub spec: ContainerSpec,
 }
@@ -212,16 +215,16 @@ impl<'a> Local<'a> {
         let results = futures::future::join_all(rolls).await;
         let mut services = Vec::new();
         let mut errors = Vec::new();
-        for (r, (name, target, _)) in results.into_iter().zip(&targets) {
+        for r in results {
             match r {
-                Ok(report) => {
-                    if let Some(svc) = state.services.get_mut(name) {
-                        svc.current = Some(target.number);
-                    }
-                    services.push(report);
-                }
+                Ok(report) => services.push(report),
                 Err(e) => errors.push(e),
             }
+        }
+        // The current revision is what runs now (the target, or the previous one after an
+        // undone roll or a verify rollback).
+        for name in c.services.keys() {
+            self.note_current(&engine, &mut state, name).await?;
         }
         self.state_dir.save(&state)?;
         crate::target::record(
@@ -376,40 +379,17 @@ impl<'a> Local<'a> {
             && live
                 .iter()
                 .all(|i| i.spec_hash == target.hash && i.running());
-        let roll = if settled {
+        let (roll, verify) = if settled {
             self.ui.step(format!(
                 "{name}: revision {} is running ({} container(s)); nothing to change",
                 target.number,
                 live.len()
             ));
-            None
+            (None, None)
         } else {
-            self.ui.step(format!(
-                "{name}: rolling to revision {} ({} container(s))",
-                target.number, s.desired_count
-            ));
-            let d = &s.deployment;
-            let report = Roll {
-                engine,
-                project: &c.project,
-                service: name,
-                target,
-                previous,
-                desired: s.desired_count,
-                min_healthy_percent: d.min_healthy_percent,
-                max_percent: d.max_percent,
-                circuit_breaker: d.circuit_breaker,
-                timeout: Duration::from_secs(d.rollout_timeout),
-                env,
-                ui: self.ui,
-            }
-            .run()
-            .await?;
-            self.ui.step(format!(
-                "{name}: revision {} rolled out in {:.1}s",
-                target.number, report.seconds
-            ));
-            Some(report)
+            let report = self.roll(engine, name, target, previous, env).await?;
+            let verify = self.verify(engine, name, target, previous, env).await?;
+            (Some(report), verify)
         };
         let containers = engine
             .instances(&c.project, Some(name))
@@ -430,8 +410,113 @@ impl<'a> Local<'a> {
             },
             containers,
             roll,
+            verify,
             spec: target.spec.clone(),
         })
+    }
+
+    /// Record as current the revision every running container of the service runs, if one.
+    async fn note_current(&self, engine: &Engine, state: &mut State, name: &str) -> Result<()> {
+        let live = engine.instances(&self.config().project, Some(name)).await?;
+        let mut hashes = live
+            .iter()
+            .filter(|i| i.running())
+            .map(|i| i.spec_hash.as_str());
+        let Some(first) = hashes.next() else {
+            return Ok(());
+        };
+        if hashes.all(|h| h == first)
+            && let Some(svc) = state.services.get_mut(name)
+            && let Some(n) = svc.by_hash(first).map(|r| r.number)
+        {
+            svc.current = Some(n);
+        }
+        Ok(())
+    }
+
+    /// Roll one service to `target` (src/local/roll.rs).
+    async fn roll(
+        &self,
+        engine: &Engine,
+        name: &str,
+        target: &Revision,
+        previous: Option<&Revision>,
+        env: &(dyn Fn(&Revision, &str) -> Result<Vec<String>> + Sync),
+    ) -> Result<RollReport> {
+        let c = self.config();
+        let s = &c.services[name];
+        self.ui.step(format!(
+            "{name}: rolling to revision {} ({} container(s))",
+            target.number, s.desired_count
+        ));
+        let d = &s.deployment;
+        let report = Roll {
+            engine,
+            project: &c.project,
+            service: name,
+            target,
+            previous,
+            desired: s.desired_count,
+            min_healthy_percent: d.min_healthy_percent,
+            max_percent: d.max_percent,
+            circuit_breaker: d.circuit_breaker,
+            timeout: Duration::from_secs(d.rollout_timeout),
+            env,
+            ui: self.ui,
+        }
+        .run()
+        .await?;
+        self.ui.step(format!(
+            "{name}: revision {} rolled out in {:.1}s",
+            target.number, report.seconds
+        ));
+        Ok(report)
+    }
+
+    /// `deployment.verify`: wait for the new revision's own flow runs; on a bad verdict roll
+    /// back to `previous` when asked to.
+    async fn verify(
+        &self,
+        engine: &Engine,
+        name: &str,
+        target: &Revision,
+        previous: Option<&Revision>,
+        env: &(dyn Fn(&Revision, &str) -> Result<Vec<String>> + Sync),
+    ) -> Result<Option<crate::verify::Report>> {
+        let c = self.config();
+        let Some(v) = &c.services[name].deployment.verify else {
+            return Ok(None);
+        };
+        let prefect = crate::verify::Prefect::from_env(
+            target
+                .spec
+                .environment
+                .get("PREFECT_API_URL")
+                .map(String::as_str),
+        )?;
+        let service = format!("{}-{name}", c.project);
+        let (verdict, report) =
+            crate::verify::wait(&prefect, &service, &target.hash, v, self.ui).await;
+        if verdict == crate::verify::Verdict::Passed {
+            return Ok(Some(report));
+        }
+        let back = previous.filter(|p| {
+            v.rollback && p.hash != target.hash && verdict == crate::verify::Verdict::Failed
+        });
+        if let Some(prev) = back {
+            self.ui.step(format!(
+                "{name}: verify failed; rolling back to revision {}",
+                prev.number
+            ));
+            self.roll(engine, name, prev, Some(target), env).await?;
+        }
+        Err(crate::verify::error(
+            &service,
+            verdict,
+            &report,
+            v,
+            back.map(|p| p.number.to_string()).as_deref(),
+        ))
     }
 
     /// Remove images built for the project that no kept revision uses any more.
