@@ -1,9 +1,9 @@
 """Leader-lease benchmark (flows/src/lease.rs) against a real Prefect server.
 
-    python lease.py PREFECT_API_URL FLOW_BINARY [--terms N] [--kills K]
+    python lease.py PREFECT_API_URL FLOW_BINARY [--terms N] [--kills K] [--interval S]
 
-Two instances of one service (same DEPLOYER_SERVICE, own DEPLOYER_INSTANCE) at a 0.2 s
-interval with the offline simulated source, sharing a file lake:
+Two instances of one service (same DEPLOYER_SERVICE, own DEPLOYER_INSTANCE) at a 1 s
+interval (default) with the offline simulated source, sharing a file lake:
   - N graceful handoffs: SIGTERM the holder; takeover = SIGTERM -> the standby's
     "lease acquired" log line (its first iteration follows at once);
   - K crash takeovers: SIGKILL the holder; takeover = kill -> "lease acquired" (bounded below
@@ -71,6 +71,7 @@ def main():
     base, binary = sys.argv[1].rstrip("/"), sys.argv[2]
     terms = int(sys.argv[sys.argv.index("--terms") + 1]) if "--terms" in sys.argv else 10
     kills = int(sys.argv[sys.argv.index("--kills") + 1]) if "--kills" in sys.argv else 3
+    interval = sys.argv[sys.argv.index("--interval") + 1] if "--interval" in sys.argv else "1"
     service = f"lease-bench-{os.getpid()}"
     work = tempfile.mkdtemp()
     n = 0
@@ -80,7 +81,7 @@ def main():
         n += 1
         env = {"PATH": os.environ.get("PATH", ""), "PREFECT_API_URL": base, "FLOW_NAME": service,
                "DEPLOYER_SERVICE": service, "DEPLOYER_INSTANCE": f"i{n}", "DEPLOYER_REVISION": "bench",
-               "SOURCE_URL": "simulated", "SINK_URL": f"file://{work}/lake", "INTERVAL_SECONDS": "0.2",
+               "SOURCE_URL": "simulated", "SINK_URL": f"file://{work}/lake", "INTERVAL_SECONDS": interval,
                "HEALTH_FILE": f"{work}/health-{n}", "REPORT_FLUSH_SECONDS": "10"}
         return Instance(binary, env, f"i{n}")
 
@@ -146,7 +147,7 @@ def main():
         return {"n": len(xs), "median": round(xs[len(xs) // 2], 3) if xs else None,
                 "max": round(xs[-1], 3) if xs else None}
 
-    print(json.dumps({"service": service, "runs": len(runs), "states": states,
+    print(json.dumps({"service": service, "interval_seconds": float(interval), "runs": len(runs), "states": states,
                       "stuck": states.get("RUNNING", 0) + states.get("PENDING", 0),
                       "sigterm_takeover_seconds": stats(term_latency),
                       "sigkill_takeover_seconds": stats(kill_latency),

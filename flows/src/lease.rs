@@ -10,7 +10,7 @@
 //! - **TTL 60 s** (the server's minimum: the fastest takeover after a crash), renewed every
 //!   15 s by a background task, so a long iteration keeps its lease.
 //! - **Graceful handoff**: on SIGTERM the holder finishes its in-flight iteration, delivers its
-//!   reports, then releases; a standby polls every 0.5 s during its first two minutes (a
+//!   reports, then releases; a standby polls every 0.25 s during its first two minutes (a
 //!   rolling update's overlap), every 5 s after, so the takeover follows the release at once.
 //! - **Fencing**: an iteration starts only while the lease is known valid for another 15 s
 //!   (last successful renewal + TTL - 15 s). A holder that cannot renew (Prefect down) stops
@@ -41,7 +41,9 @@ use crate::prefect::{PrefectClient, PrefectError};
 pub const TTL: Duration = Duration::from_secs(60);
 /// Renewal period, and the margin before expiry after which no iteration starts.
 pub const RENEW_EVERY: Duration = Duration::from_secs(15);
-const FAST_POLL: Duration = Duration::from_millis(500);
+const FAST_POLL: Duration = Duration::from_millis(250);
+/// How often a standby reads who holds the lease (one more request; only for its health note).
+const HOLDER_READ: Duration = Duration::from_secs(5);
 const SLOW_POLL: Duration = Duration::from_secs(5);
 /// How long a standby polls fast (a rolling update hands over within this).
 const FAST_FOR: Duration = Duration::from_secs(120);
@@ -70,6 +72,8 @@ pub struct Lease {
     me: String,
     held: Mutex<Option<Held>>,
     limit_ready: Mutex<bool>,
+    /// The last holder a standby read, and when.
+    seen_holder: Mutex<Option<(Option<String>, Instant)>>,
 }
 
 /// Prefect Variable names: lowercase letters, digits, `-` and `_`.
@@ -97,6 +101,7 @@ impl Lease {
             me: identity.instance.clone(),
             held: Mutex::new(None),
             limit_ready: Mutex::new(false),
+            seen_holder: Mutex::new(None),
         })
     }
 
@@ -183,7 +188,7 @@ impl Lease {
                 self.on_acquired(id).await;
                 Standing::Holder
             }
-            Ok(None) => Standing::Standby(self.holder().await.map(|h| h.0)),
+            Ok(None) => Standing::Standby(self.standby_holder().await),
             Err(e) => Standing::Unreachable(e.to_string()),
         }
     }
@@ -202,6 +207,24 @@ impl Lease {
         self.client.ensure_single_slot_limit(&self.limit).await?;
         *self.limit_ready.lock().unwrap_or_else(|p| p.into_inner()) = true;
         Ok(())
+    }
+
+    /// Who holds the lease, read at most every [`HOLDER_READ`] while standing by.
+    async fn standby_holder(&self) -> Option<String> {
+        let cached = self
+            .seen_holder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((holder, at)) = cached
+            && at.elapsed() < HOLDER_READ
+        {
+            return holder;
+        }
+        let holder = self.holder().await.map(|h| h.0);
+        *self.seen_holder.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((holder.clone(), Instant::now()));
+        holder
     }
 
     /// The published holder: (instance, released gracefully, acquired at).
