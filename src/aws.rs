@@ -86,6 +86,7 @@ fn is_read_only(op: &str) -> bool {
         "BatchGet",
         "BatchCheck",
         "Validate",
+        "Filter",
     ]
     .iter()
     .any(|p| name.starts_with(p))
@@ -138,6 +139,8 @@ pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
+    /// CloudWatch Logs (src/cloudwatch.rs): `logs`, failed tasks' last lines, teardown.
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     /// The deploy lock's store (src/lock.rs), counted apart in `lock_calls` so a no-op
     /// deploy still shows zero mutating calls in `calls`.
     pub s3: aws_sdk_s3::Client,
@@ -195,6 +198,11 @@ impl Clients {
             ),
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            logs: aws_sdk_cloudwatchlogs::Client::from_conf(
+                aws_sdk_cloudwatchlogs::config::Builder::from(&sdk)
                     .interceptor(c)
                     .build(),
             ),

@@ -175,6 +175,19 @@ pub struct DeployArgs {
     pub out_dir: PathBuf,
     #[command(flatten)]
     pub image: ImageFlags,
+    /// When a rollout wait is interrupted (Ctrl-C, SIGTERM, a cancelled CI job), stop the
+    /// deployment with a rollback (ECS StopServiceDeployment) instead of leaving it to run on.
+    /// Default: on when CI is set, off otherwise. The local target always undoes its roll.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub rollback_on_interrupt: Option<bool>,
+}
+
+impl DeployArgs {
+    /// `--rollback-on-interrupt`, defaulting to whether CI is set.
+    pub fn rollback_on_interrupt(&self) -> bool {
+        self.rollback_on_interrupt
+            .unwrap_or_else(|| std::env::var_os("CI").is_some_and(|v| !v.is_empty()))
+    }
 }
 
 #[derive(Debug, Args, Default)]

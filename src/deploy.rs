@@ -24,6 +24,8 @@ pub struct Ctx {
     pub clients: Clients,
     pub ui: Ui,
     pub wait: Wait,
+    /// An interrupted rollout wait stops the deployment with a rollback (`--rollback-on-interrupt`).
+    pub rollback_on_interrupt: bool,
 }
 
 fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
@@ -283,6 +285,7 @@ async fn existing(
         stack: spec.name.clone(),
         action: ApplyAction::Unchanged,
         outputs: live.outputs,
+        previous_parameters: live.parameters,
     })
 }
 
@@ -507,22 +510,42 @@ async fn deploy_service(
         timeout: Duration::from_secs(svc.deployment.rollout_timeout),
         ..ctx.wait
     };
+    let log_group = crate::cloudwatch::group(&c.project, name);
+    let logs = track::Logs {
+        client: &cl.logs,
+        group: &log_group,
+    };
+    // Deployments created from here on are this run's (src/rollout/track.rs).
+    let mut since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
     let applied = match stacks::apply(&cl.cfn, &spec, rollout_wait, ui).await {
         Ok(a) => a,
         Err(mut e) if e.code == crate::error::ExitCode::RolledBack => {
             e.message
-                .push_str(&track::stopped_section(&cl.ecs, cluster, name, &arn).await);
+                .push_str(&track::stopped_section(&cl.ecs, cluster, name, &arn, Some(logs)).await);
             return Err(e);
         }
         Err(e) => return Err(e),
     };
-    let forced = applied.action == ApplyAction::Unchanged && secrets_changed;
-    if forced {
+    // A capacity move (fargate <-> fargate_spot) updates the service without starting a
+    // deployment in ECS, and tasks read secrets only at start: both need new tasks.
+    let capacity_moved = applied.action == ApplyAction::Updated
+        && applied.previous_parameters.get("CapacityProvider")
+            != spec.parameters.get("CapacityProvider");
+    let secret_only = applied.action == ApplyAction::Unchanged && secrets_changed;
+    let mut deployment_id = None;
+    if secret_only || capacity_moved {
         ui.step(format!(
-            "{name}: a secret changed; starting new tasks so they read it"
+            "{name}: {}; starting new tasks",
+            if capacity_moved {
+                "the capacity provider changed"
+            } else {
+                "a secret changed (tasks read it at start)"
+            }
         ));
         crate::lock::before_change(std::time::Instant::now()).await?;
-        cl.ecs
+        since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+        let out = cl
+            .ecs
             .update_service()
             .cluster(cluster)
             .service(name)
@@ -535,18 +558,27 @@ async fn deploy_service(
                     aws::describe(&e)
                 ))
             })?;
+        deployment_id = out.service().and_then(|s| {
+            s.deployments()
+                .iter()
+                .find(|d| d.status() == Some("PRIMARY"))
+                .and_then(|d| d.id())
+                .map(str::to_string)
+        });
     }
-    let state = if applied.action == ApplyAction::Unchanged && !forced {
+    let state = if applied.action == ApplyAction::Unchanged && !secret_only {
         track::describe(&cl.ecs, cluster, name).await?
     } else {
-        Some(
-            interrupt::or_interrupted(
-                track::wait_deployed(&cl.ecs, cluster, name, &arn, rollout_wait, ui),
-                &format!("the rollout of {name}"),
-                "the deployment goes on in ECS (the circuit breaker rolls it back if it fails); watch it with `deployer status`",
-            )
-            .await?,
-        )
+        let follow = track::Follow {
+            cluster,
+            service: name,
+            task_definition: &arn,
+            since,
+            deployment_id,
+            rollback_on_interrupt: ctx.rollback_on_interrupt,
+            logs: Some(logs),
+        };
+        Some(track::wait_deployed(&cl.ecs, &follow, rollout_wait, ui).await?)
     };
     let report = ServiceReport {
         service: name.to_string(),
@@ -823,6 +855,7 @@ pub async fn service_refs(
             stack: c.stack_name(StackPart::Service(name)),
             family: taskdef::family(&c.project, name),
             cluster: cluster.clone(),
+            log_group: crate::cloudwatch::group(&c.project, name),
         })
         .collect())
 }

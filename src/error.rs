@@ -26,6 +26,8 @@ pub struct Error {
     pub code: ExitCode,
     pub message: String,
     pub help: Option<String>,
+    /// A failure report (src/summary.rs `Failure`) merged into the `--json` error object.
+    pub report: Option<Box<serde_json::Value>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,6 +38,7 @@ impl Error {
             code,
             message: message.into(),
             help: None,
+            report: None,
         }
     }
     pub fn failure(message: impl Into<String>) -> Self {
@@ -49,6 +52,10 @@ impl Error {
     }
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+    pub fn with_report(mut self, report: serde_json::Value) -> Self {
+        self.report = Some(Box::new(report));
         self
     }
 }

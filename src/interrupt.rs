@@ -30,6 +30,7 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 
 static CHANNEL: OnceLock<watch::Sender<bool>> = OnceLock::new();
 static UNDOING: AtomicUsize = AtomicUsize::new(0);
+static SELF_UNDOING: AtomicUsize = AtomicUsize::new(0);
 
 tokio::task_local! {
     static UNDO: ();
@@ -170,9 +171,25 @@ pub async fn undo<F: Future>(fut: F) -> F::Output {
     UNDO.scope((), fut).await
 }
 
-/// True while some step runs its undo (main waits for it, up to [`GRACE`]).
+/// True while some step runs its undo, or runs a step that undoes itself on an interrupt
+/// (main waits for it, up to [`GRACE`]).
 pub fn undoing() -> bool {
-    UNDOING.load(Ordering::SeqCst) > 0
+    UNDOING.load(Ordering::SeqCst) > 0 || SELF_UNDOING.load(Ordering::SeqCst) > 0
+}
+
+/// Run a step that notices an interrupt itself and undoes what it did (the local target's
+/// roll: an engine call in flight when the signal comes must finish, then be undone). Main
+/// gives it [`GRACE`] instead of [`SETTLE`].
+pub async fn self_undoing<F: Future>(fut: F) -> F::Output {
+    struct Active;
+    impl Drop for Active {
+        fn drop(&mut self) {
+            SELF_UNDOING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    SELF_UNDOING.fetch_add(1, Ordering::SeqCst);
+    let _active = Active;
+    fut.await
 }
 
 /// True inside [`undo`].

@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod cli;
+pub mod cloudwatch;
 pub mod config;
 pub mod deploy;
 pub mod destroy;

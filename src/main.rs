@@ -48,7 +48,13 @@ fn main() {
             Err(e) => {
                 let e = interrupt::settle(e);
                 ui.error(&e);
-                ui.result_json(&json!({"ok": false, "exit_code": e.code as i32, "error": e.message, "help": e.help}));
+                let mut v = json!({"ok": false, "exit_code": e.code as i32, "error": e.message, "help": e.help});
+                if let Some(serde_json::Value::Object(report)) = e.report.as_deref() {
+                    for (k, x) in report {
+                        v[k] = x.clone();
+                    }
+                }
+                ui.result_json(&v);
                 e.code
             }
         }
@@ -185,7 +191,13 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
                 Command::Redeploy(_) => deploy::Mode::Redeploy,
                 _ => deploy::Mode::Up,
             };
-            let report = local.up(&args.image, &args.out_dir, mode).await?;
+            let report = match local.up(&args.image, &args.out_dir, mode).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let exists = local.exists_now().await;
+                    return Err(failed(mode, loaded, "local", e, exists, &args.out_dir, ui));
+                }
+            };
             let md = summary::local_up_markdown(&report);
             write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui);
             ui.result(summary::local_up_text(&report).trim_end());
@@ -244,6 +256,42 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
     }
 }
 
+/// A failed `up`/`redeploy`: the job summary, outputs and `--json` still say what happened
+/// and what exists now; the error gains the list.
+fn failed(
+    mode: deploy::Mode,
+    loaded: &Loaded,
+    target: &str,
+    e: Error,
+    exists: Vec<String>,
+    out_dir: &Path,
+    ui: &Ui,
+) -> Error {
+    // Bad input and a held lock changed nothing: no report to write.
+    if matches!(e.code, ExitCode::BadInput | ExitCode::Locked) {
+        return e;
+    }
+    let f = summary::Failure::new(mode.command(), &loaded.config.project, target, &e, exists);
+    let _ = std::fs::create_dir_all(out_dir);
+    write_summaries(
+        out_dir,
+        &summary::failure_markdown(&f),
+        &summary::failure_outputs(&f),
+        ui,
+    );
+    let now = if f.exists_now.is_empty() {
+        "nothing of the project".to_string()
+    } else {
+        f.exists_now.join(", ")
+    };
+    let report = serde_json::to_value(&f).unwrap_or_default();
+    Error {
+        message: format!("{}\n  exists now: {now}", e.message),
+        report: Some(Box::new(report)),
+        ..e
+    }
+}
+
 /// A report as the `--json` object, with `"ok": true`.
 fn ok_json(report: &impl serde::Serialize) -> serde_json::Value {
     let mut v = serde_json::to_value(report).unwrap_or_default();
@@ -291,6 +339,7 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
                 clients,
                 ui: ui.clone(),
                 wait: wait(g),
+                rollback_on_interrupt: false,
             };
             let report = deploy::plan(&ctx).await?;
             ui.result(summary::plan_text(&report).trim_end());
@@ -319,9 +368,15 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
                 clients,
                 ui: ui.clone(),
                 wait: wait(g),
+                rollback_on_interrupt: args.rollback_on_interrupt(),
             };
             let report = deploy::up(&ctx, image, out_dir, mode).await?;
-            write_summaries(out_dir, &summary::up_markdown(&report), &summary::up_outputs(&report), ui);
+            write_summaries(
+                out_dir,
+                &summary::up_markdown(&report),
+                &summary::up_outputs(&report),
+                ui,
+            );
             ui.result(summary::up_text(&report).trim_end());
             let calls = calls_json(&ctx.clients);
             ui.detail(format!(
@@ -337,7 +392,14 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
         Command::Build { push, image, .. } => {
             let clients = clients(g, &loaded).await?;
             let images = interrupt::or_interrupted(
-                deploy::build_images(&loaded.config, &loaded.dir, Some(&clients.ecr), image, *push, ui),
+                deploy::build_images(
+                    &loaded.config,
+                    &loaded.dir,
+                    Some(&clients.ecr),
+                    image,
+                    *push,
+                    ui,
+                ),
                 "the image build",
                 "the build was stopped",
             )
@@ -385,13 +447,13 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             ui.result_json(&ok_json(&report));
             Ok(ExitCode::Success)
         }
-        Command::Logs(_) => Err(Error::failure(
-            "`deployer logs` reads the local target's containers; on AWS it is not built yet",
-        )
-        .with_help(format!(
-            "read CloudWatch Logs group /ecs/{}/<service> (e.g. `aws logs tail /ecs/{}/<service> --follow`), or use --target local",
-            loaded.config.project, loaded.config.project
-        ))),
+        Command::Logs(args) => {
+            let clients = clients(g, &loaded).await?;
+            let lines =
+                deployer::cloudwatch::print(&clients.logs, &loaded.config, args, ui).await?;
+            ui.result_json(&json!({"ok": true, "target": "aws", "lines": lines}));
+            Ok(ExitCode::Success)
+        }
     }
 }
 

@@ -215,6 +215,12 @@ pub fn status_text(r: &StatusReport) -> String {
 }
 
 pub fn destroy_text(r: &DestroyReport) -> String {
+    if r.nothing {
+        return format!(
+            "{}: nothing to delete (no stack or parameter of the project exists)\n",
+            r.project
+        );
+    }
     let mut s = format!("{}: destroyed\n", r.project);
     for st in &r.deleted_stacks {
         let _ = writeln!(s, "  deleted stack {st}");
@@ -231,6 +237,9 @@ pub fn destroy_text(r: &DestroyReport) -> String {
     }
     for p in &r.deleted_parameters {
         let _ = writeln!(s, "  deleted SSM parameter {p}");
+    }
+    for g in &r.deleted_log_groups {
+        let _ = writeln!(s, "  deleted log group {g}");
     }
     s
 }
@@ -423,4 +432,155 @@ pub fn local_plan_text(r: &crate::local::PlanReport) -> String {
         }
     );
     s
+}
+
+/// The verdict of a deploy command, for people and machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Failed,
+    BadInput,
+    TimedOut,
+    RolledBack,
+    Locked,
+    Interrupted,
+}
+
+impl From<crate::error::ExitCode> for Verdict {
+    fn from(code: crate::error::ExitCode) -> Self {
+        use crate::error::ExitCode as E;
+        match code {
+            E::Success | E::Failure => Verdict::Failed,
+            E::BadInput => Verdict::BadInput,
+            E::Timeout => Verdict::TimedOut,
+            E::RolledBack => Verdict::RolledBack,
+            E::Locked => Verdict::Locked,
+            E::Interrupted => Verdict::Interrupted,
+        }
+    }
+}
+
+impl Verdict {
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Failed => "failed",
+            Verdict::BadInput => "refused (bad input)",
+            Verdict::TimedOut => "timed out",
+            Verdict::RolledBack => "rolled back",
+            Verdict::Locked => "locked by another deploy",
+            Verdict::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A failed, rolled-back, timed-out or interrupted `up`/`redeploy`: still summarised, with
+/// the reason (which carries stopped-task reasons, service events and log lines) and what
+/// exists now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    pub command: String,
+    pub project: String,
+    pub target: String,
+    pub verdict: Verdict,
+    pub exit_code: i32,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    pub exists_now: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(
+        command: &str,
+        project: &str,
+        target: &str,
+        e: &crate::error::Error,
+        exists_now: Vec<String>,
+    ) -> Self {
+        Self {
+            command: command.into(),
+            project: project.into(),
+            target: target.into(),
+            verdict: e.code.into(),
+            exit_code: e.code as i32,
+            reason: e.message.clone(),
+            next: e.help.clone(),
+            exists_now,
+        }
+    }
+}
+
+/// The Markdown job summary of a failed deploy.
+pub fn failure_markdown(f: &Failure) -> String {
+    let mut s = format!(
+        "## deployer {}: {} ({}) {}\n\n**Verdict:** {} (exit {})\n\n**Why:**\n\n```\n{}\n```\n",
+        f.command,
+        f.project,
+        f.target,
+        match f.verdict {
+            Verdict::RolledBack => "↩️",
+            Verdict::Interrupted => "⏹️",
+            _ => "❌",
+        },
+        f.verdict.text(),
+        f.exit_code,
+        f.reason.trim_end()
+    );
+    if let Some(next) = &f.next {
+        let _ = writeln!(s, "\n**Next:** {next}");
+    }
+    s.push_str("\n**Exists now:**\n\n");
+    if f.exists_now.is_empty() {
+        s.push_str("- nothing of the project\n");
+    }
+    for e in &f.exists_now {
+        let _ = writeln!(s, "- {e}");
+    }
+    s
+}
+
+/// `$GITHUB_OUTPUT` lines after a failed deploy.
+pub fn failure_outputs(f: &Failure) -> String {
+    format!(
+        "changed=unknown\nverdict={}\nexit-code={}\n",
+        serde_json::to_value(f.verdict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        f.exit_code
+    )
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    fn fixture() -> Failure {
+        let e = crate::error::Error::new(
+            crate::error::ExitCode::RolledBack,
+            "web: the deployment was rolled back: ECS deployment circuit breaker: tasks failed to start.\n  last events:\n    (service web) has started 1 tasks\n  stopped tasks of this revision:\n    task aaa: Essential container in task exited; web exited 2\n      | error: unexpected argument '--bogus' found",
+        )
+        .with_help("check the container logs (/ecs/<project>/<service>) for why tasks stopped");
+        Failure::new(
+            "up",
+            "demo",
+            "aws",
+            &e,
+            vec![
+                "stack demo-registry (CREATE_COMPLETE)".into(),
+                "stack demo-svc-web (UPDATE_COMPLETE)".into(),
+            ],
+        )
+    }
+
+    #[test]
+    fn failure_summary_snapshot() {
+        insta::assert_snapshot!(failure_markdown(&fixture()));
+        insta::assert_snapshot!(failure_outputs(&fixture()), @r"
+        changed=unknown
+        verdict=rolled_back
+        exit-code=4
+        ");
+        insta::assert_json_snapshot!(fixture());
+    }
 }

@@ -618,3 +618,98 @@ async fn a_service_removed_from_the_config_is_flagged_by_up_and_removed_by_destr
         .unwrap();
     assert!(tds.task_definition_arns().is_empty(), "{tds:?}");
 }
+
+/// `logs` on AWS reads the service's CloudWatch log group (moto keeps the events), each line
+/// prefixed by service and task; `--tail` keeps the last lines; `--follow` prints new ones.
+#[tokio::test]
+async fn logs_read_the_services_log_group_and_follow_new_lines() {
+    let p = Project::new("it-logs", &service_yaml());
+    p.run(&["up", "--image", IMAGE]).expect(0);
+    let cl = clients().await;
+    let group = "/ecs/it-logs/flow";
+    let stream = "flow/flow/0f1e2d3c";
+    let _ = cl
+        .logs
+        .create_log_group()
+        .log_group_name(group)
+        .send()
+        .await;
+    cl.logs
+        .create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await
+        .expect("create stream");
+    let put = |lines: &[&str]| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let events: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(now + i as i64)
+                    .message(*m)
+                    .build()
+                    .expect("event")
+            })
+            .collect();
+        cl.logs
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(events))
+            .send()
+    };
+    put(&["first line", "second line", "third line"])
+        .await
+        .expect("put");
+    let all = p.run(&["logs"]).expect(0);
+    assert!(
+        all.stdout.contains("flow/0f1e2d3c | first line")
+            && all.stdout.contains("flow/0f1e2d3c | third line"),
+        "{}",
+        all.stdout
+    );
+    let tail = p.run(&["logs", "--tail", "1"]).expect(0);
+    assert_eq!(tail.stdout.trim(), "flow/0f1e2d3c | third line");
+    let none = p.run(&["logs", "--service", "nope"]).expect(2);
+    assert!(
+        none.stderr.contains("no service named nope"),
+        "{}",
+        none.stderr
+    );
+
+    let follow = support::deployer_command(
+        p.path(),
+        &["logs", "--follow", "--since", "1m"],
+        &support::moto_url(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    put(&["a new line"]).await.expect("put");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status();
+    let out = follow.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("flow/0f1e2d3c | a new line"), "{text}");
+    assert_eq!(
+        text.matches("first line").count(),
+        1,
+        "no line twice: {text}"
+    );
+    p.run(&["destroy", "--yes"]).expect(0);
+    let again = p.run(&["destroy", "--yes"]).expect(0);
+    assert!(
+        again.stdout.contains("nothing to delete"),
+        "{}",
+        again.stdout
+    );
+}

@@ -271,10 +271,24 @@ async fn failing_revisions_are_rolled_back_and_the_old_container_keeps_working()
     let crash = p
         .run(&[
             "redeploy",
+            "--json",
             "--set",
             "services.price-stream.command=[--no-such-flag]",
         ])
         .expect(4);
+    // The failure is still summarised: verdict, reason, what exists now (JSON and Markdown).
+    let report = crash.json();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["verdict"], "rolled_back", "{report:#}");
+    assert!(
+        report["exists_now"].to_string().contains(&old),
+        "{report:#}"
+    );
+    let md = std::fs::read_to_string(p.path().join(".deployer/summary.md")).expect("summary.md");
+    assert!(
+        md.contains("rolled back (exit 4)") && md.contains("exited with code 2"),
+        "{md}"
+    );
     assert!(
         crash.stderr.contains("exited with code 2"),
         "{}",

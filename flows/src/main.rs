@@ -22,6 +22,9 @@ use config::{Cli, Command, Config};
 use prefect::Reporter;
 use runner::Runner;
 
+/// At shutdown, how long reports may take to land before the lease is handed over anyway.
+const HANDOFF_FLUSH: Duration = Duration::from_secs(2);
+
 /// Floor for the health check window, so slow sources with retries are not reported dead.
 const HEALTH_MIN_SECONDS: u64 = 60;
 
@@ -116,21 +119,28 @@ async fn run(cfg: Config) -> ExitCode {
     let summary = runner.run(shutdown_rx).await;
     drop(runner);
 
-    // Deliver what is queued (final states first of all), within a deadline.
+    // Deliver what is queued (final states first of all), within a deadline. The lease goes
+    // once the reports are out, so a standby's first run follows this instance's last one in
+    // Prefect's timeline; but a slow Prefect must not stall the stream: after
+    // HANDOFF_FLUSH the lease is released anyway and delivery goes on until the deadline.
     reporter.close();
-    if let Some(worker) = worker
-        && tokio::time::timeout(flush, worker).await.is_err()
+    let deadline = tokio::time::Instant::now() + flush;
+    let mut worker = worker;
+    if let Some(w) = worker.as_mut() {
+        let _ = tokio::time::timeout(HANDOFF_FLUSH.min(flush), w).await;
+    }
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
+    if let Some(w) = worker.as_mut()
+        && !w.is_finished()
+        && tokio::time::timeout_at(deadline, w).await.is_err()
     {
         let n = reporter.abandon_pending();
         logs::warn(
             "prefect flush deadline reached; undelivered reports dropped",
             json!({ "dropped": n }),
         );
-    }
-    // Only now, with the last iteration's reports delivered, may a standby take over: its
-    // first run then follows this instance's last one in Prefect's timeline.
-    if let Some(lease) = &lease {
-        lease.release().await;
     }
     logs::info(
         "price-stream stopped",

@@ -639,6 +639,27 @@ pub struct ContainerStatus {
 }
 
 impl Local<'_> {
+    /// What of the project runs now (best effort, for failure reports).
+    pub async fn exists_now(&self) -> Vec<String> {
+        let Ok(engine) = Engine::connect().await else {
+            return vec!["unknown (the Docker engine did not answer)".into()];
+        };
+        match engine.instances(&self.config().project, None).await {
+            Ok(all) => all
+                .iter()
+                .map(|i| {
+                    format!(
+                        "container {} (revision {}, {})",
+                        i.name,
+                        i.revision,
+                        i.describe()
+                    )
+                })
+                .collect(),
+            Err(e) => vec![format!("unknown ({e})")],
+        }
+    }
+
     pub async fn status(&self) -> Result<StatusReport> {
         let c = self.config();
         let engine = Engine::connect().await?;

@@ -179,7 +179,8 @@ impl Roll<'_> {
             overlap_from: None,
             overlap_until: None,
         };
-        let outcome = t.drive(started + self.timeout).await;
+        // The roll undoes itself on an interrupt (main waits for that, up to its grace).
+        let outcome = interrupt::self_undoing(t.drive(started + self.timeout)).await;
         t.report.seconds = started.elapsed().as_secs_f64();
         if let (Some(a), Some(b)) = (t.overlap_from, t.overlap_until) {
             t.report.overlap_seconds = b.saturating_duration_since(a).as_secs_f64();
@@ -350,6 +351,10 @@ impl Tracker<'_> {
         let used: BTreeSet<u32> = new.iter().filter_map(|i| slot_of(&i.name)).collect();
         let mut free = (1..).filter(|s| !used.contains(s));
         for _ in 0..step.start_new {
+            // No new container after an interrupt: the loop undoes what runs.
+            if interrupt::requested() {
+                break;
+            }
             let slot = free.next().unwrap_or(1);
             let name = container_name(r.project, r.service, r.target.number, slot);
             let env = (r.env)(r.target, &name)?;

@@ -100,6 +100,8 @@ pub struct ServiceRef {
     pub stack: String,
     pub family: String,
     pub cluster: String,
+    /// Where its tasks log (`/ecs/<project>/<service>`).
+    pub log_group: String,
 }
 
 /// Roll one service back (to `to`, or the previous ACTIVE revision) and wait for the deployment.
@@ -139,8 +141,21 @@ pub async fn rollback(
         parameters,
         tags: live.tags.clone(),
     };
+    let since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
     let applied = stacks::apply(&cl.cfn, &spec, wait, ui).await?;
-    let state = track::wait_deployed(&cl.ecs, &svc.cluster, service, &target, wait, ui).await?;
+    let follow = track::Follow {
+        cluster: &svc.cluster,
+        service,
+        task_definition: &target,
+        since,
+        deployment_id: None,
+        rollback_on_interrupt: false,
+        logs: Some(track::Logs {
+            client: &cl.logs,
+            group: &svc.log_group,
+        }),
+    };
+    let state = track::wait_deployed(&cl.ecs, &follow, wait, ui).await?;
     Ok(RollbackReport {
         service: service.to_string(),
         from: current,

@@ -1,6 +1,10 @@
-//! Track *this* deployment (by task definition ARN) to COMPLETED or FAILED.
-//! The stock `services-stable` waiter reports success after a circuit-breaker rollback;
-//! this looks at the deployment that carries our task definition instead.
+//! Track *this* deployment to its verdict. The stock `services-stable` waiter reports success
+//! after a circuit-breaker rollback; "the first deployment with this task definition" can be
+//! an old COMPLETED one (a secret-only change or a forced deployment keeps the ARN). So the
+//! wait follows the deployment created after the update started, through ECS's
+//! service-deployment API (`ListServiceDeployments`: each deployment's own status, rollback
+//! included), and falls back to the service's deployments list, by id, where the endpoint
+//! does not implement that API (the emulator).
 
 use crate::aws::describe as describe_err;
 use crate::error::{Error, ExitCode, Result};
@@ -65,7 +69,7 @@ pub async fn stopped_tasks(
     cluster: &str,
     service: &str,
     task_definition: &str,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     let Ok(list) = ecs
         .list_tasks()
         .cluster(cluster)
@@ -116,7 +120,7 @@ pub async fn stopped_tasks(
                     s
                 })
                 .collect();
-            format!(
+            let line = format!(
                 "    task {id}: {}{}",
                 t.stopped_reason().unwrap_or("stopped"),
                 if containers.is_empty() {
@@ -124,167 +128,259 @@ pub async fn stopped_tasks(
                 } else {
                     format!("; {}", containers.join(", "))
                 }
-            )
+            );
+            (id.to_string(), line)
         })
         .collect()
 }
 
-/// The stopped tasks of `task_definition` as a section of an error message ("" if none).
+/// Where a service's container logs are, to quote a failed task's last lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Logs<'a> {
+    pub client: &'a aws_sdk_cloudwatchlogs::Client,
+    pub group: &'a str,
+}
+
+/// Log lines quoted per failed task, and how many tasks are quoted.
+const TAIL_LINES: i32 = 5;
+const TAIL_TASKS: usize = 2;
+
+/// The stopped tasks of `task_definition` as a section of an error message ("" if none),
+/// with the last lines the first few of them logged.
 pub async fn stopped_section(
     ecs: &aws_sdk_ecs::Client,
     cluster: &str,
     service: &str,
     task_definition: &str,
+    logs: Option<Logs<'_>>,
 ) -> String {
     let stopped = stopped_tasks(ecs, cluster, service, task_definition).await;
     if stopped.is_empty() {
         return String::new();
     }
+    let mut out = String::from("\n  stopped tasks of this revision:");
+    for (i, (id, line)) in stopped.iter().enumerate() {
+        out.push('\n');
+        out.push_str(line);
+        let Some(l) = logs.filter(|_| i < TAIL_TASKS) else {
+            continue;
+        };
+        let stream = crate::cloudwatch::task_stream(service, id);
+        for text in crate::cloudwatch::task_tail(l.client, l.group, &stream, TAIL_LINES).await {
+            out.push_str(&format!("\n      | {text}"));
+        }
+    }
+    out
+}
+
+/// The service's last events and the stopped tasks of our revision, for an error message.
+async fn diagnosis(ecs: &aws_sdk_ecs::Client, f: &Follow<'_>, _: &[String]) -> String {
+    let events: Vec<String> = match ecs
+        .describe_services()
+        .cluster(f.cluster)
+        .services(f.service)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .services()
+            .first()
+            .map(|s| {
+                s.events()
+                    .iter()
+                    .take(5)
+                    .filter_map(|e| e.message().map(|m| format!("    {m}")))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let events = if events.is_empty() {
+        String::new()
+    } else {
+        format!("\n  last events:\n{}", events.join("\n"))
+    };
     format!(
-        "\n  stopped tasks of this revision:\n{}",
-        stopped.join("\n")
+        "{events}{}",
+        stopped_section(ecs, f.cluster, f.service, f.task_definition, f.logs).await
     )
 }
 
-/// Service events and stopped tasks, for a deployment error message.
-async fn diagnosis(
+/// The deployment a rollout wait follows.
+#[derive(Debug, Clone)]
+pub struct Follow<'a> {
+    pub cluster: &'a str,
+    pub service: &'a str,
+    /// The task definition the deployment should run (for messages and stopped tasks).
+    pub task_definition: &'a str,
+    /// The update started at this instant: the first deployment created at or after it is
+    /// ours (a stack update gives no deployment id; a forced UpdateService does, see below).
+    pub since: aws_smithy_types::DateTime,
+    /// The PRIMARY deployment UpdateService returned, for endpoints without the
+    /// service-deployment API.
+    pub deployment_id: Option<String>,
+    /// On an interrupt, stop the deployment with a rollback (`StopServiceDeployment`,
+    /// stop type ROLLBACK) instead of leaving it to run on.
+    pub rollback_on_interrupt: bool,
+    /// Where the tasks log, to quote failed tasks' last lines.
+    pub logs: Option<Logs<'a>>,
+}
+
+/// What became of our deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Not created yet, pending or in progress.
+    Going,
+    Completed,
+    /// ECS (the circuit breaker, an alarm, a stop with rollback) rolled it back.
+    RolledBack(String),
+    /// Failed, stopped, or replaced by a later deployment: not ours to call a success.
+    Failed(String),
+}
+
+/// Classify the service deployments created since the update started (oldest first).
+pub fn classify(deployments: &[ServiceDeploymentBrief]) -> Seen {
+    use aws_sdk_ecs::types::ServiceDeploymentStatus as S;
+    let Some(ours) = deployments.first() else {
+        return Seen::Going;
+    };
+    let reason = ours
+        .status_reason()
+        .unwrap_or("no reason given")
+        .to_string();
+    match ours.status() {
+        Some(S::Successful) => Seen::Completed,
+        Some(S::RollbackRequested | S::RollbackInProgress | S::RollbackSuccessful) => {
+            Seen::RolledBack(reason)
+        }
+        Some(S::RollbackFailed) => Seen::Failed(format!("its rollback failed: {reason}")),
+        Some(S::Stopped | S::StopRequested) => match deployments.get(1) {
+            Some(later) => Seen::Failed(format!(
+                "replaced by a later deployment ({}) before it completed",
+                later
+                    .service_deployment_arn()
+                    .and_then(|a| a.rsplit('/').next())
+                    .unwrap_or("?")
+            )),
+            None => Seen::Failed(format!("stopped: {reason}")),
+        },
+        _ => Seen::Going,
+    }
+}
+
+use aws_sdk_ecs::types::ServiceDeploymentBrief;
+
+/// The service deployments created since `since`, oldest first; None when the endpoint does
+/// not implement the API (an emulator: unmodelled 5xx with no error code).
+async fn service_deployments(
     ecs: &aws_sdk_ecs::Client,
-    cluster: &str,
-    service: &str,
-    task_definition: &str,
-    events: &[String],
-) -> String {
-    format!(
-        "\n  last events:\n{}{}",
-        events.join("\n"),
-        stopped_section(ecs, cluster, service, task_definition).await
-    )
+    f: &Follow<'_>,
+) -> Result<Option<(Vec<ServiceDeploymentBrief>, usize)>> {
+    let after = aws_sdk_ecs::types::CreatedAt::builder()
+        .after(f.since)
+        .build();
+    match ecs
+        .list_service_deployments()
+        .cluster(f.cluster)
+        .service(f.service)
+        .created_at(after)
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let mut list = out.service_deployments().to_vec();
+            list.sort_by_key(|d| d.created_at().map(|t| (t.secs(), t.subsec_nanos())));
+            let n = list.len();
+            Ok(Some((list, n)))
+        }
+        Err(e) if unimplemented(&e) => Ok(None),
+        Err(e) => Err(Error::failure(format!(
+            "list service deployments of {}: {}",
+            f.service,
+            describe_err(&e)
+        ))),
+    }
 }
 
-/// Wait until the deployment running `task_definition` completes. A FAILED rollout
-/// (circuit breaker) or a service that rolled back to another revision is an error
-/// with exit code 4, carrying the last service events.
+/// An operation the endpoint does not model (moto answers those with an HTML 500).
+fn unimplemented<E: aws_sdk_ecs::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_ecs::error::SdkError<E, aws_smithy_runtime_api::http::Response<R>>,
+) -> bool {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.as_service_error().and_then(|se| se.code());
+    matches!(status, Some(500 | 501 | 404)) && code.is_none()
+}
+
+/// Wait until *our* deployment completes: the first one created since the update started
+/// (the service-deployment API reports its own status, rollback included); without that API,
+/// the service's deployments list by id. Exit codes: 0 only for our own completed deployment,
+/// 4 rolled back, 3 past the deadline, 1 failed/stopped/replaced, 130 interrupted (after
+/// stopping the deployment with a rollback when asked).
 pub async fn wait_deployed(
     ecs: &aws_sdk_ecs::Client,
-    cluster: &str,
-    service: &str,
-    task_definition: &str,
+    f: &Follow<'_>,
     wait: Wait,
     ui: &Ui,
 ) -> Result<ServiceState> {
+    let service = f.service;
     let sp = ui.spinner(format!("{service}: waiting for the deployment to finish"));
     let started = Instant::now();
     let mut poll = wait.min_poll;
+    let mut ours_arn: Option<String> = None;
     loop {
-        let out = ecs
-            .describe_services()
-            .cluster(cluster)
-            .services(service)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::failure(format!("describe service {service}: {}", describe_err(&e)))
-            })?;
-        let svc = out.services().first().ok_or_else(|| {
-            Error::failure(format!("service {service} not found in cluster {cluster}"))
-        })?;
-        let ours = svc
-            .deployments()
-            .iter()
-            .find(|d| d.task_definition() == Some(task_definition));
-        // moto's UpdateService changes the service's task definition without starting a new
-        // deployment; ECS itself always has a deployment for the service's task definition.
-        if ours.is_none()
-            && svc.task_definition() == Some(task_definition)
-            && svc.running_count() >= svc.desired_count()
-        {
-            sp.finish(format!(
-                "{service}: deployed ({} running)",
-                svc.running_count()
-            ));
-            return Ok(ServiceState {
-                service: service.into(),
-                status: svc.status().unwrap_or_default().into(),
-                desired: svc.desired_count(),
-                running: svc.running_count(),
-                pending: svc.pending_count(),
-                task_definition: task_definition.into(),
-                rollout: "COMPLETED".into(),
-            });
-        }
-        let events: Vec<String> = svc
-            .events()
-            .iter()
-            .take(5)
-            .filter_map(|e| e.message().map(|m| format!("    {m}")))
-            .collect();
-        match ours {
-            None if svc.task_definition() == Some(task_definition) => {}
-            None => {
+        let seen = match service_deployments(ecs, f).await? {
+            Some((list, _)) => {
+                if let Some(arn) = list.first().and_then(|d| d.service_deployment_arn()) {
+                    ours_arn.get_or_insert_with(|| arn.to_string());
+                }
+                let seen = classify(&list);
+                sp.set_message(format!(
+                    "{service}: deployment {} {}",
+                    ours_arn
+                        .as_deref()
+                        .and_then(|a| a.rsplit('/').next())
+                        .unwrap_or("(not started yet)"),
+                    list.first()
+                        .and_then(|d| d.status())
+                        .map_or("PENDING", |s| s.as_str())
+                ));
+                seen
+            }
+            None => from_deployments_list(ecs, f, &sp).await?,
+        };
+        match seen {
+            Seen::Going => {}
+            Seen::Completed => {
+                sp.finish(format!("{service}: deployed"));
+                return describe(ecs, f.cluster, service).await?.ok_or_else(|| {
+                    Error::failure(format!("service {service} vanished after its deployment"))
+                });
+            }
+            Seen::RolledBack(reason) => {
                 sp.finish(format!("{service}: rolled back"));
-                let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
+                let why = diagnosis(ecs, f, &[]).await;
                 return Err(Error::new(
                     ExitCode::RolledBack,
-                    format!(
-                        "{service}: the deployment of {task_definition} is gone; the service runs {} (rolled back){why}",
-                        svc.task_definition().unwrap_or("?"),
-                    ),
+                    format!("{service}: the deployment was rolled back: {reason}{why}"),
+                )
+                .with_help(
+                    "check the container logs (/ecs/<project>/<service>) for why tasks stopped",
                 ));
             }
-            Some(d) => {
-                let state = d
-                    .rollout_state()
-                    .map(|r| r.as_str().to_string())
-                    .unwrap_or_default();
-                sp.set_message(format!(
-                    "{service}: {} running, {} pending of {} desired ({})",
-                    d.running_count(),
-                    d.pending_count(),
-                    d.desired_count(),
-                    if state.is_empty() {
-                        "IN_PROGRESS"
-                    } else {
-                        &state
-                    }
+            Seen::Failed(reason) => {
+                sp.finish(format!("{service}: deployment did not complete"));
+                let why = diagnosis(ecs, f, &[]).await;
+                return Err(Error::failure(format!(
+                    "{service}: the deployment did not complete: {reason}{why}"
+                ))
+                .with_help(
+                    "see `deployer status`; run `deployer up` again when the cause is fixed",
                 ));
-                let done = state == "COMPLETED"
-                    || (state.is_empty()
-                        && svc.deployments().len() == 1
-                        && d.running_count() >= d.desired_count());
-                if done {
-                    sp.finish(format!(
-                        "{service}: deployed ({} running)",
-                        d.running_count()
-                    ));
-                    return Ok(ServiceState {
-                        service: service.into(),
-                        status: svc.status().unwrap_or_default().into(),
-                        desired: svc.desired_count(),
-                        running: svc.running_count(),
-                        pending: svc.pending_count(),
-                        task_definition: task_definition.into(),
-                        rollout: "COMPLETED".into(),
-                    });
-                }
-                if state == "FAILED" {
-                    sp.finish(format!("{service}: deployment failed"));
-                    let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
-                    return Err(Error::new(
-                        ExitCode::RolledBack,
-                        format!(
-                            "{service}: deployment failed: {}{why}",
-                            d.rollout_state_reason().unwrap_or("no reason given"),
-                        ),
-                    )
-                    .with_help(
-                        "check the container logs (/ecs/<project>/<service>) for why tasks stopped",
-                    ));
-                }
             }
         }
         if started.elapsed() > wait.timeout {
             sp.finish(format!("{service}: still rolling out"));
-            let why = diagnosis(ecs, cluster, service, task_definition, &events).await;
+            let why = diagnosis(ecs, f, &[]).await;
             return Err(Error::timeout(format!(
                 "{service}: deployment not finished after {}s{why}",
                 wait.timeout.as_secs(),
@@ -293,18 +389,155 @@ pub async fn wait_deployed(
                 "raise services.<name>.deployment.rollout_timeout, or check `deployer status`",
             ));
         }
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = crate::interrupt::cancelled() => {
+                sp.finish(format!("{service}: interrupted"));
+                return Err(interrupted(ecs, f, ours_arn.as_deref(), ui).await);
+            }
+        }
         poll = (poll * 2).min(wait.max_poll);
     }
 }
 
+/// An interrupted rollout wait: stop our deployment with a rollback when asked (the
+/// documented undo, let through after the interrupt), and say how to watch it.
+async fn interrupted(
+    ecs: &aws_sdk_ecs::Client,
+    f: &Follow<'_>,
+    arn: Option<&str>,
+    ui: &Ui,
+) -> Error {
+    use aws_sdk_ecs::types::StopServiceDeploymentStopType;
+    let service = f.service;
+    let left = match (f.rollback_on_interrupt, arn) {
+        (true, Some(arn)) => {
+            let stop = crate::interrupt::undo(
+                ecs.stop_service_deployment()
+                    .service_deployment_arn(arn)
+                    .stop_type(StopServiceDeploymentStopType::Rollback)
+                    .send(),
+            )
+            .await;
+            match stop {
+                Ok(_) => {
+                    ui.step(format!("{service}: stopping deployment {arn} with a rollback"));
+                    format!(
+                        "deployment {arn} is being rolled back by ECS; watch it with `deployer status` or `aws ecs describe-service-deployments --service-deployment-arns {arn}`"
+                    )
+                }
+                Err(e) => format!(
+                    "the rollback of {arn} could not be requested ({}); the deployment goes on in ECS",
+                    describe_err(&e)
+                ),
+            }
+        }
+        (true, None) => "no deployment of ours was found to roll back; anything started goes on in ECS".into(),
+        (false, _) => "the deployment goes on in ECS (the circuit breaker rolls it back if it fails); watch it with `deployer status`".into(),
+    };
+    Error::new(
+        ExitCode::Interrupted,
+        format!("interrupted during the rollout of {service}: {left}"),
+    )
+}
+
+/// Without the service-deployment API (emulators): follow our deployment in the service's
+/// deployments list, by the id UpdateService returned or by creation time.
+async fn from_deployments_list(
+    ecs: &aws_sdk_ecs::Client,
+    f: &Follow<'_>,
+    sp: &crate::ui::Spinner,
+) -> Result<Seen> {
+    let out = ecs
+        .describe_services()
+        .cluster(f.cluster)
+        .services(f.service)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::failure(format!(
+                "describe service {}: {}",
+                f.service,
+                describe_err(&e)
+            ))
+        })?;
+    let svc = out.services().first().ok_or_else(|| {
+        Error::failure(format!(
+            "service {} not found in cluster {}",
+            f.service, f.cluster
+        ))
+    })?;
+    let since = (f.since.secs(), f.since.subsec_nanos());
+    let ours = svc.deployments().iter().find(|d| match &f.deployment_id {
+        Some(id) => d.id() == Some(id.as_str()),
+        None => d
+            .created_at()
+            .is_some_and(|t| (t.secs(), t.subsec_nanos()) >= since),
+    });
+    let Some(d) = ours else {
+        // moto's UpdateService changes the task definition without a new deployment; ECS
+        // itself always creates one (and then the branch above finds it).
+        if f.deployment_id.is_none()
+            && svc.task_definition() == Some(f.task_definition)
+            && svc.running_count() >= svc.desired_count()
+        {
+            return Ok(Seen::Completed);
+        }
+        if f.deployment_id.is_some() || svc.task_definition() != Some(f.task_definition) {
+            return Ok(Seen::RolledBack(format!(
+                "the deployment is gone; the service runs {}",
+                svc.task_definition().unwrap_or("?")
+            )));
+        }
+        return Ok(Seen::Going);
+    };
+    let state = d
+        .rollout_state()
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    sp.set_message(format!(
+        "{}: {} running, {} pending of {} desired ({})",
+        f.service,
+        d.running_count(),
+        d.pending_count(),
+        d.desired_count(),
+        if state.is_empty() {
+            "IN_PROGRESS"
+        } else {
+            &state
+        }
+    ));
+    Ok(match state.as_str() {
+        "COMPLETED" => Seen::Completed,
+        "FAILED" => Seen::RolledBack(
+            d.rollout_state_reason()
+                .unwrap_or("no reason given")
+                .to_string(),
+        ),
+        _ if state.is_empty()
+            && svc.deployments().len() == 1
+            && d.running_count() >= d.desired_count() =>
+        {
+            Seen::Completed
+        }
+        _ => Seen::Going,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    //! Scripted SDK fakes: moto never fails or rolls back an ECS deployment.
+    //! Scripted SDK fakes: moto never fails or rolls back an ECS deployment, and does not
+    //! implement the service-deployment API.
     use super::*;
     use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
-    use aws_sdk_ecs::types::{Deployment, DeploymentRolloutState, Service, ServiceEvent};
+    use aws_sdk_ecs::operation::list_service_deployments::ListServiceDeploymentsOutput;
+    use aws_sdk_ecs::types::{
+        Deployment, DeploymentRolloutState, Service, ServiceDeploymentStatus as S, ServiceEvent,
+    };
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
     use std::time::Duration;
 
     fn fast() -> Wait {
@@ -312,6 +545,20 @@ mod tests {
             timeout: Duration::from_secs(5),
             min_poll: Duration::from_millis(1),
             max_poll: Duration::from_millis(5),
+        }
+    }
+
+    const T0: i64 = 1_800_000_000;
+
+    fn follow(td: &str) -> Follow<'_> {
+        Follow {
+            cluster: "c",
+            service: "web",
+            task_definition: td,
+            since: aws_smithy_types::DateTime::from_secs(T0),
+            deployment_id: None,
+            rollback_on_interrupt: false,
+            logs: None,
         }
     }
 
@@ -339,12 +586,25 @@ mod tests {
             .then_output(|| aws_sdk_ecs::operation::list_tasks::ListTasksOutput::builder().build())
     }
 
+    /// The emulator's answer to an operation it does not implement.
+    fn no_service_deployment_api() -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_ecs::Client::list_service_deployments).then_http_response(|| {
+            HttpResponse::new(
+                StatusCode::try_from(500).expect("status"),
+                SdkBody::from("<html>not implemented</html>"),
+            )
+        })
+    }
+
+    /// A deployment created after the update started (`since`), unless `old`.
     fn dep(td: &str, state: DeploymentRolloutState, running: i32) -> Deployment {
         Deployment::builder()
+            .id("ecs-svc/2")
             .status("PRIMARY")
             .task_definition(td)
             .desired_count(1)
             .running_count(running)
+            .created_at(aws_smithy_types::DateTime::from_secs(T0 + 1))
             .rollout_state(state)
             .rollout_state_reason("ECS deployment circuit breaker: tasks failed to start.")
             .build()
@@ -367,13 +627,16 @@ mod tests {
                     "td:2",
                 )
             })
+            .times(2)
             .build();
-        let ecs = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
-        let s = wait_deployed(&ecs, "c", "web", "td:2", fast(), &Ui::silent())
+        let api = no_service_deployment_api();
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &api]);
+        let s = wait_deployed(&ecs, &follow("td:2"), fast(), &Ui::silent())
             .await
             .unwrap();
         assert_eq!(s.rollout, "COMPLETED");
-        assert_eq!(rule.num_calls(), 3);
+        // Three polls, then one describe for the final state.
+        assert_eq!(rule.num_calls(), 4);
     }
 
     #[tokio::test]
@@ -404,8 +667,13 @@ mod tests {
                 .tasks(task("bbb", "td:2")) // an older revision's task: not ours
                 .build()
         });
-        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &list, &tasks]);
-        let e = wait_deployed(&ecs, "c", "web", "td:3", fast(), &Ui::silent())
+        let api = no_service_deployment_api();
+        let ecs = mock_client!(
+            aws_sdk_ecs,
+            RuleMode::MatchAny,
+            [&rule, &list, &tasks, &api]
+        );
+        let e = wait_deployed(&ecs, &follow("td:3"), fast(), &Ui::silent())
             .await
             .unwrap_err();
         assert_eq!(e.code, ExitCode::RolledBack);
@@ -423,16 +691,16 @@ mod tests {
     #[tokio::test]
     async fn fake_rollback_to_previous_revision_is_not_success() {
         // After a rollback the service is stable again, on the OLD revision: the stock
-        // waiter says success; we must not.
+        // waiter says success; we must not. The only deployment predates our update.
         let rule = mock!(aws_sdk_ecs::Client::describe_services).then_output(|| {
-            out(
-                vec![dep("td:1", DeploymentRolloutState::Completed, 1)],
-                "td:1",
-            )
+            let mut old = dep("td:1", DeploymentRolloutState::Completed, 1);
+            old.created_at = Some(aws_smithy_types::DateTime::from_secs(T0 - 100));
+            out(vec![old], "td:1")
         });
         let none = no_stopped_tasks();
-        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none]);
-        let e = wait_deployed(&ecs, "c", "web", "td:4", fast(), &Ui::silent())
+        let api = no_service_deployment_api();
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none, &api]);
+        let e = wait_deployed(&ecs, &follow("td:4"), fast(), &Ui::silent())
             .await
             .unwrap_err();
         assert_eq!(e.code, ExitCode::RolledBack);
@@ -451,14 +719,144 @@ mod tests {
             .repeatedly()
             .build();
         let none = no_stopped_tasks();
-        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none]);
+        let api = no_service_deployment_api();
+        let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&rule, &none, &api]);
         let wait = Wait {
             timeout: Duration::from_millis(30),
             ..fast()
         };
-        let e = wait_deployed(&ecs, "c", "web", "td:5", wait, &Ui::silent())
+        let e = wait_deployed(&ecs, &follow("td:5"), wait, &Ui::silent())
             .await
             .unwrap_err();
         assert_eq!(e.code, ExitCode::Timeout);
+    }
+
+    fn brief(n: i64, status: S, reason: &str) -> ServiceDeploymentBrief {
+        ServiceDeploymentBrief::builder()
+            .service_deployment_arn(format!(
+                "arn:aws:ecs:us-east-1:1:service-deployment/c/web/d{n}"
+            ))
+            .created_at(aws_smithy_types::DateTime::from_secs(T0 + n))
+            .status(status)
+            .status_reason(reason)
+            .build()
+    }
+
+    /// What ListServiceDeployments shows, poll after poll, for one change kind and outcome.
+    fn script(kind: Kind, outcome: Outcome) -> Vec<Vec<ServiceDeploymentBrief>> {
+        let ours = |s: S, r: &str| brief(1, s, r);
+        let going = vec![ours(S::InProgress, "")];
+        let last = match (kind, outcome) {
+            (Kind::Replaced, _) => {
+                vec![ours(S::Stopped, "superseded"), brief(2, S::InProgress, "")]
+            }
+            (Kind::Stopped, _) => vec![ours(S::Stopped, "stopped by a user")],
+            (_, Outcome::Completed) => vec![ours(S::Successful, "")],
+            (_, Outcome::Failed) => vec![ours(S::RollbackFailed, "tasks failed to start")],
+            (_, Outcome::RolledBack) => {
+                vec![ours(
+                    S::RollbackSuccessful,
+                    "ECS deployment circuit breaker: rolled back",
+                )]
+            }
+            (_, Outcome::TimedOut) => going.clone(),
+        };
+        // A forced deployment (secret-only, forced, capacity move) may take a poll to show up.
+        let first = match kind {
+            Kind::SecretOnly | Kind::Forced | Kind::Capacity => vec![],
+            _ => going.clone(),
+        };
+        vec![first, going, last]
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        NewTaskDefinition,
+        SecretOnly,
+        Forced,
+        Capacity,
+        Replaced,
+        Stopped,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Outcome {
+        Completed,
+        Failed,
+        RolledBack,
+        TimedOut,
+    }
+
+    /// The verdict matrix: exit 0 only for the completion of our own deployment, 4 for a
+    /// rollback, 3 past the deadline, 1 for anything else.
+    #[tokio::test]
+    async fn fake_verdict_matrix_of_change_kinds_and_outcomes() {
+        use Kind::*;
+        use Outcome::*;
+        for kind in [
+            NewTaskDefinition,
+            SecretOnly,
+            Forced,
+            Capacity,
+            Replaced,
+            Stopped,
+        ] {
+            for outcome in [Completed, Failed, RolledBack, TimedOut] {
+                let polls = script(kind, outcome);
+                let n = polls.len();
+                let mut b = mock!(aws_sdk_ecs::Client::list_service_deployments).sequence();
+                for p in polls {
+                    b = b.output(move || {
+                        ListServiceDeploymentsOutput::builder()
+                            .set_service_deployments(Some(p.clone()))
+                            .build()
+                    });
+                }
+                let last = script(kind, outcome).pop().unwrap_or_default();
+                let list = b
+                    .output(move || {
+                        ListServiceDeploymentsOutput::builder()
+                            .set_service_deployments(Some(last.clone()))
+                            .build()
+                    })
+                    .repeatedly()
+                    .build();
+                let svc = mock!(aws_sdk_ecs::Client::describe_services).then_output(|| {
+                    out(
+                        vec![dep("td:2", DeploymentRolloutState::Completed, 1)],
+                        "td:2",
+                    )
+                });
+                let none = no_stopped_tasks();
+                let ecs = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&list, &svc, &none]);
+                let wait = Wait {
+                    timeout: Duration::from_millis(60),
+                    ..fast()
+                };
+                let mut f = follow("td:2");
+                if matches!(kind, SecretOnly | Forced | Capacity) {
+                    f.deployment_id = Some("ecs-svc/2".into());
+                }
+                let got = wait_deployed(&ecs, &f, wait, &Ui::silent())
+                    .await
+                    .map(|_| ExitCode::Success)
+                    .unwrap_or_else(|e| e.code);
+                let want = match (kind, outcome) {
+                    (Replaced | Stopped, _) => ExitCode::Failure,
+                    (_, Completed) => ExitCode::Success,
+                    (_, RolledBack) => ExitCode::RolledBack,
+                    (_, TimedOut) => ExitCode::Timeout,
+                    (_, Failed) => ExitCode::Failure,
+                };
+                assert_eq!(got, want, "{kind:?} x {outcome:?} ({n} scripted polls)");
+            }
+        }
+    }
+
+    #[test]
+    fn an_old_completed_deployment_is_never_ours() {
+        // Only deployments created since the update started are listed: none yet is "going".
+        assert_eq!(classify(&[]), Seen::Going);
+        assert_eq!(classify(&[brief(1, S::Successful, "")]), Seen::Completed);
     }
 }

@@ -93,6 +93,10 @@ pub struct Applied {
     pub stack: String,
     pub action: ApplyAction,
     pub outputs: BTreeMap<String, String>,
+    /// The stack's parameters before this apply (empty when it was created): lets a caller
+    /// see what an update changed (a capacity move needs a forced deployment).
+    #[serde(skip)]
+    pub previous_parameters: BTreeMap<String, String>,
 }
 
 fn is_missing<E: aws_sdk_cloudformation::error::ProvideErrorMetadata, R>(
@@ -519,6 +523,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
             stack: spec.name.clone(),
             action: ApplyAction::Unchanged,
             outputs: l.outputs.clone(),
+            previous_parameters: l.parameters.clone(),
         });
     }
     let kind = if creating {
@@ -532,11 +537,13 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     }
     let Some(cs) = create_change_set(cfn, spec, kind, wait).await? else {
         ui.step(format!("{}: no changes", spec.name));
-        let outputs = live.map(|l| l.outputs).unwrap_or_default();
+        let (outputs, previous_parameters) =
+            live.map(|l| (l.outputs, l.parameters)).unwrap_or_default();
         return Ok(Applied {
             stack: spec.name.clone(),
             action: ApplyAction::Unchanged,
             outputs,
+            previous_parameters,
         });
     };
     // Step boundary: an interrupt while the change set was prepared stops here.
@@ -591,6 +598,11 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
         stack: spec.name.clone(),
         action,
         outputs,
+        previous_parameters: if creating {
+            BTreeMap::new()
+        } else {
+            live.map(|l| l.parameters).unwrap_or_default()
+        },
     })
 }
 

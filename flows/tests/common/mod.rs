@@ -267,7 +267,8 @@ impl Prefect {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        for attempt in 0..8 {
+        // Up to ~20 s: under the whole suite the server is briefly swamped now and then.
+        for attempt in 0..20u64 {
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.base));
@@ -280,7 +281,9 @@ impl Prefect {
                     let text = r.text().await.unwrap_or_default();
                     return (status, serde_json::from_str(&text).unwrap_or(Value::Null));
                 }
-                _ => tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await,
+                _ => {
+                    tokio::time::sleep(Duration::from_millis((100 * (attempt + 1)).min(2000))).await
+                }
             }
         }
         panic!("Prefect at {} kept failing for {path}", self.base);
