@@ -48,7 +48,7 @@ if docker info >/dev/null 2>&1; then
   image_args=(--registry "127.0.0.1:$registry_port")
   log "building the flow image from source; local registry 127.0.0.1:$registry_port stands in for ECR"
 else
-  image_args=(--image "123456789012.dkr.ecr.us-east-1.amazonaws.com/price-stream@sha256:$(printf 'demo' | sha256sum | cut -c1-64)")
+  image_args=(--image "$(moto_ecr_image "$root/.venv-test" "$AWS_ENDPOINT_URL" price-stream-prebuilt)")
   log "no Docker engine: deploying a prebuilt image URI instead of building"
 fi
 

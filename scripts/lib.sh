@@ -51,3 +51,25 @@ start_moto() {
     -H 127.0.0.1 -p "$2" >"$3" 2>&1 &
   MOTO_PID=$!
 }
+
+# moto_ecr_image VENV ENDPOINT REPO: put a placeholder image into moto's ECR (creating the
+# repository) and print its URI by digest, for deploys of a prebuilt image without Docker
+# (the deployer checks that prebuilt ECR images exist before changing anything).
+moto_ecr_image() {
+  "$1/bin/python" - "$2" "$3" <<'PY'
+import sys, boto3
+endpoint, repo = sys.argv[1], sys.argv[2]
+ecr = boto3.client("ecr", endpoint_url=endpoint, region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+try:
+    ecr.create_repository(repositoryName=repo)
+except ecr.exceptions.RepositoryAlreadyExistsException:
+    pass
+manifest = '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:' + "1" * 64 + '"},"layers":[]}'
+try:
+    digest = ecr.put_image(repositoryName=repo, imageManifest=manifest)["image"]["imageId"]["imageDigest"]
+except ecr.exceptions.ImageAlreadyExistsException:
+    digest = ecr.describe_images(repositoryName=repo)["imageDetails"][0]["imageDigest"]
+print(f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{digest}")
+PY
+}

@@ -19,6 +19,22 @@ run="$root/.test-run"
 rm -rf "$run"
 mkdir -p "$run"
 
+# Build caches outside the clone, keyed by what they are built from (the toolchain and
+# Cargo.lock): a fresh clone on a machine that built this lock before recompiles only the
+# workspace's own crates, not the AWS SDK. Set CARGO_TARGET_DIR to opt out.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+  cache="${DEPLOYER_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deployer-build}"
+  key=$({ rustc -vV; cat Cargo.lock; } | sha256sum | cut -c1-16)
+  export CARGO_TARGET_DIR="$cache/target-$key"
+  export FLOW_CARGO_TARGET_DIR="$cache/static-$key"
+  mkdir -p "$cache"
+  # Keep the caches of the two newest keys.
+  for kind in target static; do
+    ls -dt "$cache/$kind"-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+  done
+  log "build cache $CARGO_TARGET_DIR"
+fi
+
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -272,7 +272,7 @@ pub struct HealthCheck {
     /// Seconds between checks (5..=300).
     #[serde(default = "default_hc_interval")]
     pub interval: u32,
-    /// Seconds before one check counts as failed (2..=120).
+    /// Seconds before one check counts as failed (2..=60).
     #[serde(default = "default_hc_timeout")]
     pub timeout: u32,
     /// Consecutive failures before the container is unhealthy (1..=10).
@@ -459,9 +459,18 @@ pub struct Loaded {
 
 /// Read, override and validate a config file.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         Error::bad_input(format!("cannot read config {}: {e}", path.display()))
             .with_help("create one with `deployer init`, or pass --config PATH to an existing file")
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        Error::bad_input(format!(
+            "{}: not UTF-8: invalid byte at offset {at} (line {})",
+            path.display(),
+            e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1
+        ))
+        .with_help("save the file as UTF-8")
     })?;
     let config = parse(&text, path, overrides)?;
     let dir = path
@@ -478,8 +487,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded> {
 /// Parse config text; `origin` names the file in messages.
 pub fn parse(text: &str, origin: &Path, overrides: &[String]) -> Result<Config> {
     let file = origin.display();
-    let mut tree: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| Error::bad_input(format!("{file}: invalid YAML: {e}")))?;
+    let mut tree: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&file, text, &e))?;
     for o in overrides {
         apply_override(&mut tree, o).map_err(|e| Error::bad_input(format!("--set {o}: {e}")))?;
     }
@@ -505,6 +513,57 @@ pub fn parse(text: &str, origin: &Path, overrides: &[String]) -> Result<Config> 
     Err(Error::bad_input(msg))
 }
 
+/// A YAML error with its line and column, and a hint where the cause is a common one.
+fn yaml_error(file: &dyn std::fmt::Display, text: &str, e: &serde_yaml_ng::Error) -> Error {
+    let msg = e.to_string();
+    // The parser places a duplicate key at its mapping; point at the second occurrence.
+    let duplicate_line = msg
+        .split('"')
+        .nth(1)
+        .filter(|_| msg.contains("duplicate"))
+        .and_then(|key| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.trim_start()
+                        .strip_prefix(key)
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+                .nth(1)
+                .map(|(i, l)| (i + 1, l.len() - l.trim_start().len() + 1))
+        });
+    let at = match (duplicate_line, e.location()) {
+        (Some((line, col)), _) => format!(" at line {line}, column {col}"),
+        (None, Some(l)) => format!(" at line {}, column {}", l.line(), l.column()),
+        (None, None) => String::new(),
+    };
+    let hint = if msg.contains("duplicate") {
+        Some(
+            "a key appears twice in the same mapping: keep one (YAML does not merge them)"
+                .to_string(),
+        )
+    } else if msg.contains("recursion limit")
+        || msg.contains("repetition limit")
+        || msg.contains("alias") && msg.contains("limit")
+    {
+        Some("anchors and aliases expand past the parser's limit: write the values out".to_string())
+    } else {
+        text.lines()
+            .position(|l| l.trim_start_matches(' ').starts_with('\t'))
+            .map(|line| {
+                format!(
+                    "line {} is indented with a tab; YAML allows only spaces",
+                    line + 1
+                )
+            })
+    };
+    let err = Error::bad_input(format!("{file}: invalid YAML{at}: {msg}"));
+    match hint {
+        Some(h) => err.with_help(h),
+        None => err,
+    }
+}
+
 /// Apply `a.b.c=value` to the YAML tree. `*` as a key under `services` means every service.
 /// The value is parsed as YAML, so `cpu=512` is a number and `command=[a, b]` a list.
 fn apply_override(tree: &mut Value, spec: &str) -> std::result::Result<(), String> {
@@ -513,6 +572,32 @@ fn apply_override(tree: &mut Value, spec: &str) -> std::result::Result<(), Strin
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err(format!("invalid key path `{path}`"));
+    }
+    // An override adjusts a service of the file; it never creates one.
+    if let ["services" | "local", rest @ ..] = keys.as_slice() {
+        let name = match (keys[0], rest) {
+            ("services", [name, _, ..]) => Some(*name),
+            ("local", ["services", name, _, ..]) => Some(*name),
+            _ => None,
+        };
+        if let Some(name) = name.filter(|n| *n != "*") {
+            let exists = tree.get("services").and_then(|s| s.get(name)).is_some();
+            if !exists {
+                let names: Vec<String> = tree
+                    .get("services")
+                    .and_then(Value::as_mapping)
+                    .map(|m| {
+                        m.keys()
+                            .filter_map(|k| k.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Err(format!(
+                    "no service `{name}` in the file (services: {}); an override cannot add a service",
+                    names.join(", ")
+                ));
+            }
+        }
     }
     set_path(tree, &keys, &value)
 }
@@ -584,25 +669,20 @@ pub fn validate(c: &Config) -> Vec<String> {
             ));
         }
     } else {
-        if !valid_cidr(&c.network.vpc_cidr) {
-            p.push(format!(
-                "network.vpc_cidr: `{}` is not an IPv4 CIDR like 10.0.0.0/16",
-                c.network.vpc_cidr
-            ));
-        }
-        if c.network.subnet_cidrs.len() != 2 {
-            p.push(format!(
-                "network.subnet_cidrs: exactly 2 CIDRs are required (one public subnet in each of two AZs), got {}",
-                c.network.subnet_cidrs.len()
-            ));
-        }
-        for (i, s) in c.network.subnet_cidrs.iter().enumerate() {
-            if !valid_cidr(s) {
-                p.push(format!(
-                    "network.subnet_cidrs[{i}]: `{s}` is not an IPv4 CIDR like 10.0.0.0/24"
-                ));
-            }
-        }
+        validate_new_network(&c.network, &mut p);
+    }
+    // SSM refuses parameter names whose first segment begins with `aws` or `ssm`: the
+    // secrets live at /<project>/<service>/<NAME>.
+    let lower = c.project.to_ascii_lowercase();
+    if (lower.starts_with("aws") || lower.starts_with("ssm"))
+        && c.services.values().any(|s| !s.secrets.is_empty())
+    {
+        p.push(format!(
+            "project: `{}` begins with `{}`, which SSM reserves: the secrets' parameters /{}/... could not be created; rename the project",
+            c.project,
+            &lower[..3],
+            c.project
+        ));
     }
     if !(1..=10_000).contains(&c.registry.keep_images) {
         p.push(format!(
@@ -681,7 +761,7 @@ pub fn validate(c: &Config) -> Vec<String> {
             }
             for (field, value, range) in [
                 ("interval", h.interval, 5..=300),
-                ("timeout", h.timeout, 2..=120),
+                ("timeout", h.timeout, 2..=60),
                 ("retries", h.retries, 1..=10),
                 ("start_period", h.start_period, 0..=300),
             ] {
@@ -713,7 +793,8 @@ pub fn validate(c: &Config) -> Vec<String> {
         }
         for (i, secret) in s.secrets.iter().enumerate() {
             if !valid_env_name(secret) {
-                p.push(format!("{k}.secrets[{i}]: `{secret}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+                // The text is not echoed: a value pasted where its name belongs may be a secret.
+                p.push(format!("{k}.secrets[{i}]: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*); give the secret's NAME here (its value comes from the environment); the text given is not shown in case it is the value"));
             }
         }
         let d = &s.deployment;
@@ -828,12 +909,77 @@ fn valid_bucket(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
-fn valid_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else {
-        return false;
+/// An IPv4 network AWS accepts for a VPC or subnet: /16 to /28, no host bits set.
+fn parse_cidr(key: &str, s: &str, p: &mut Vec<String>) -> Option<ipnet::Ipv4Net> {
+    let net: ipnet::Ipv4Net = match s.parse() {
+        Ok(n) => n,
+        Err(_) => {
+            p.push(format!("{key}: `{s}` is not an IPv4 CIDR like 10.0.0.0/16"));
+            return None;
+        }
     };
-    ip.parse::<std::net::Ipv4Addr>().is_ok()
-        && bits.parse::<u8>().is_ok_and(|b| (16..=28).contains(&b))
+    if !(16..=28).contains(&net.prefix_len()) {
+        p.push(format!(
+            "{key}: `{s}` has a /{} prefix; AWS allows /16 to /28",
+            net.prefix_len()
+        ));
+        return None;
+    }
+    if net.network() != net.addr() {
+        p.push(format!(
+            "{key}: `{s}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+        return None;
+    }
+    Some(net)
+}
+
+/// The network the deployer creates: CIDRs that parse, two subnets inside the VPC that do not
+/// overlap, and public IPs (the created network has no NAT gateway and no VPC endpoints).
+fn validate_new_network(n: &Network, p: &mut Vec<String>) {
+    let vpc = parse_cidr("network.vpc_cidr", &n.vpc_cidr, p);
+    if n.subnet_cidrs.len() != 2 {
+        p.push(format!(
+            "network.subnet_cidrs: exactly 2 CIDRs are required (one public subnet in each of two AZs), got {}",
+            n.subnet_cidrs.len()
+        ));
+    }
+    let subnets: Vec<(usize, ipnet::Ipv4Net)> = n
+        .subnet_cidrs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            parse_cidr(&format!("network.subnet_cidrs[{i}]"), s, p).map(|net| (i, net))
+        })
+        .collect();
+    if let Some(vpc) = vpc {
+        for (i, net) in &subnets {
+            if !vpc.contains(net) {
+                p.push(format!(
+                    "network.subnet_cidrs[{i}]: {net} is not inside network.vpc_cidr {vpc}; pick subnets within it (e.g. {})",
+                    vpc.subnets(vpc.prefix_len().clamp(24, 28))
+                        .ok()
+                        .and_then(|mut s| s.next())
+                        .map_or_else(|| vpc.to_string(), |s| s.to_string())
+                ));
+            }
+        }
+    }
+    for (a, (i, x)) in subnets.iter().enumerate() {
+        for (j, y) in subnets.iter().skip(a + 1) {
+            if x.contains(y) || y.contains(x) {
+                p.push(format!(
+                    "network.subnet_cidrs[{j}]: {y} overlaps network.subnet_cidrs[{i}] {x}; subnets must not overlap"
+                ));
+            }
+        }
+    }
+    if !n.assign_public_ip {
+        p.push(
+            "network.assign_public_ip: false on the network the deployer creates leaves tasks unable to pull images or read secrets (it has no NAT gateway and no VPC endpoints); keep it true, or use network.existing with a NAT gateway or VPC endpoints".into(),
+        );
+    }
 }
 
 impl Config {
@@ -962,6 +1108,112 @@ mod tests {
         );
         let e = parse_err(&format!("{MIN}    environment: {{A: [1, 2]}}\n"), &[]);
         assert!(e.contains("services.web.environment"), "{e}");
+    }
+
+    #[test]
+    fn network_cidrs_subnets_and_public_ips_are_checked() {
+        let e = parse_err(MIN, &["network.subnet_cidrs=[10.1.0.0/24, 10.0.0.0/23]"]);
+        assert!(
+            e.contains(
+                "network.subnet_cidrs[0]: 10.1.0.0/24 is not inside network.vpc_cidr 10.0.0.0/16"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("overlaps"), "{e}");
+        let e = parse_err(MIN, &["network.subnet_cidrs=[10.0.0.0/24, 10.0.0.0/23]"]);
+        assert!(
+            e.contains("network.subnet_cidrs[1]: 10.0.0.0/23 overlaps network.subnet_cidrs[0]"),
+            "{e}"
+        );
+        let e = parse_err(MIN, &["network.vpc_cidr=10.0.0.1/16"]);
+        assert!(
+            e.contains("has host bits set; did you mean 10.0.0.0/16"),
+            "{e}"
+        );
+        let e = parse_err(MIN, &["network.vpc_cidr=10.0.0.0/8"]);
+        assert!(e.contains("AWS allows /16 to /28"), "{e}");
+        let e = parse_err(MIN, &["network.assign_public_ip=false"]);
+        assert!(
+            e.contains("network.assign_public_ip") && e.contains("NAT"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn health_check_timeout_follows_ecs() {
+        let hc = "    health_check: {command: [x], timeout: 61}\n";
+        let e = parse_err(&format!("{MIN}{hc}"), &[]);
+        assert!(
+            e.contains("health_check.timeout: 61 is out of range; ECS allows 2..=60"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secret_pasted_where_its_name_belongs_is_not_echoed() {
+        let e = parse_err(&format!("{MIN}    secrets: [sk-live-0123456789]\n"), &[]);
+        assert!(e.contains("services.web.secrets[0]"), "{e}");
+        assert!(!e.contains("sk-live-0123456789"), "{e}");
+    }
+
+    #[test]
+    fn ssm_reserved_project_names_are_refused_when_secrets_exist() {
+        let e = parse_err(
+            "project: aws-prices\nservices:\n  web:\n    image: i\n    secrets: [KEY]\n",
+            &[],
+        );
+        assert!(e.contains("which SSM reserves"), "{e}");
+    }
+
+    #[test]
+    fn overrides_never_add_a_service() {
+        let e = parse_err(MIN, &["services.nope.cpu=512"]);
+        assert!(
+            e.contains("--set services.nope.cpu=512: no service `nope`"),
+            "{e}"
+        );
+        let e = parse_err(MIN, &["local.services.nope.environment.A=1"]);
+        assert!(e.contains("no service `nope`"), "{e}");
+        parse(
+            MIN,
+            Path::new("d.yaml"),
+            &[
+                "services.*.cpu=512".into(),
+                "services.web.memory=1024".into(),
+            ],
+        )
+        .expect("existing services may be adjusted");
+    }
+
+    #[test]
+    fn yaml_errors_have_a_position_and_a_hint() {
+        let e = parse(
+            "project: demo\nservices:\n\tweb:\n    image: i\n",
+            Path::new("d.yaml"),
+            &[],
+        )
+        .expect_err("tab");
+        assert!(e.message.contains("line 3"), "{}", e.message);
+        assert!(e.help.as_deref().is_some_and(|h| h.contains("tab")), "{e}");
+        let e = parse(
+            "project: a\nproject: b\nservices: {}\n",
+            Path::new("d.yaml"),
+            &[],
+        )
+        .expect_err("duplicate");
+        assert!(
+            e.help.as_deref().is_some_and(|h| h.contains("twice")),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("d.yaml");
+        std::fs::write(&f, b"project: demo\nservices: \xff\n").expect("write");
+        let e = load(&f, &[]).expect_err("utf-8");
+        assert!(
+            e.message.contains("invalid byte at offset 24 (line 2)"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub fn network_spec(c: &Config) -> Option<StackSpec> {
     })
 }
 
-pub fn cluster_spec(c: &Config) -> StackSpec {
+/// `extra_pull`: ARNs of other ECR repositories prebuilt images come from
+/// (`preflight::extra_pull_repositories`).
+pub fn cluster_spec(c: &Config, extra_pull: &[String]) -> StackSpec {
     let (bucket, prefix) = c
         .data_lake
         .as_ref()
@@ -90,6 +92,7 @@ pub fn cluster_spec(c: &Config) -> StackSpec {
             ),
             ("DataLakeBucket", bucket),
             ("DataLakePrefix", prefix),
+            ("ExtraPullRepositories", extra_pull.join(",")),
         ]),
         tags: stacks::project_tags(&c.project),
     }
@@ -298,11 +301,17 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         "deploying {} to account {} in {} as {}",
         c.project, identity.account, cl.region, identity.arn
     ));
+    // Everything knowable is checked before the first change (src/preflight.rs).
+    preflight(ctx, &identity).await?;
+    engine_if_building(c).await?;
     // Read every secret first: a missing one aborts before anything changes.
     let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
 
     let registry = registry_spec(c);
-    let cluster = cluster_spec(c);
+    let cluster = cluster_spec(
+        c,
+        &crate::preflight::extra_pull_repositories(c, identity.partition()),
+    );
     let network = network_spec(c);
     let project = c.project.as_str();
     let infra = |spec: &StackSpec| {
@@ -438,6 +447,38 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         services,
         unchanged,
     })
+}
+
+/// The checks `plan` and `up` share: local (files, rendered task definitions) and read-only
+/// AWS (prebuilt ECR images); every problem reported at once, exit 2.
+async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
+    let c = &ctx.loaded.config;
+    let mut problems = crate::preflight::local(&ctx.loaded);
+    problems.extend(
+        crate::preflight::ecr_images(c, &ctx.clients.ecr, &identity.account, &ctx.clients.region)
+            .await,
+    );
+    crate::preflight::refuse(&ctx.loaded, problems)
+}
+
+/// A service built from source needs the Docker engine: ask it before the first change
+/// rather than after the registry stack exists.
+async fn engine_if_building(c: &Config) -> Result<()> {
+    if c.services.values().all(|s| s.build.is_none()) {
+        return Ok(());
+    }
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    match tokio::time::timeout(Duration::from_secs(5), image::build::connect()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::failure(format!("{}; nothing was changed", e.message)).with_help(
+            e.help.unwrap_or_else(|| "start Docker or set DOCKER_HOST".into()),
+        )),
+        Err(_) => Err(Error::failure(format!(
+            "the Docker engine at {host} (DOCKER_HOST) did not answer within 5 s; nothing was changed"
+        ))
+        .with_help("start Docker (`docker info` must work), set DOCKER_HOST, or deploy a prebuilt image with --image URI")),
+    }
 }
 
 /// What every service deployment shares: roles, identity, network and cluster.
@@ -663,9 +704,13 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
     let c = &ctx.loaded.config;
     let (cl, wait) = (&ctx.clients, ctx.wait);
     let identity = aws::identity(&cl.sts).await?;
+    preflight(ctx, &identity).await?;
     let mut specs = vec![registry_spec(c)];
     specs.extend(network_spec(c));
-    specs.push(cluster_spec(c));
+    specs.push(cluster_spec(
+        c,
+        &crate::preflight::extra_pull_repositories(c, identity.partition()),
+    ));
     let plans =
         futures::future::join_all(specs.iter().map(|s| stacks::plan(&cl.cfn, s, wait))).await;
     let mut stack_plans = plans.into_iter().collect::<Result<Vec<_>>>()?;
@@ -883,7 +928,7 @@ mod tests {
         for spec in [
             registry_spec(&c),
             network_spec(&c).unwrap(),
-            cluster_spec(&c),
+            cluster_spec(&c, &[]),
             service_spec(&c, "web", "arn:td", &net),
         ] {
             let mut declared = templates::parameters(spec.template);

@@ -13,6 +13,7 @@ pub mod image;
 pub mod interrupt;
 pub mod local;
 pub mod lock;
+pub mod preflight;
 pub mod retry;
 pub mod rollout;
 pub mod secrets;

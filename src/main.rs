@@ -145,7 +145,14 @@ fn wait(global: &Global) -> Wait {
 
 /// API call counts for `-v` and `--json`.
 fn calls_json(cl: &Clients) -> serde_json::Value {
-    json!({"total": cl.calls.snapshot().values().sum::<u32>(), "by_operation": cl.calls.snapshot(), "mutating": cl.calls.mutating(), "lock": cl.lock_calls.snapshot()})
+    counters_json(&cl.calls, &cl.lock_calls)
+}
+
+fn counters_json(
+    calls: &deployer::aws::CallCounter,
+    lock: &deployer::aws::CallCounter,
+) -> serde_json::Value {
+    json!({"total": calls.snapshot().values().sum::<u32>(), "by_operation": calls.snapshot(), "mutating": calls.mutating(), "lock": lock.snapshot()})
 }
 
 async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
@@ -326,14 +333,25 @@ fn print_images(loaded: &Loaded, images: &[deploy::ImageReport], ui: &Ui) -> Res
     Ok(ExitCode::Success)
 }
 
-/// Every command against AWS.
+/// Every command against AWS. A failure carries the API calls made (`api_calls` in the
+/// `--json` error), so "refused before the first mutating call" is something a test can see.
 async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
+    let clients = clients(&cli.global, &loaded).await?;
+    let counters = (clients.calls.clone(), clients.lock_calls.clone());
+    aws_command(cli, ui, loaded, clients).await.map_err(|e| {
+        let calls = counters_json(&counters.0, &counters.1);
+        let mut report = e.report.as_deref().cloned().unwrap_or_else(|| json!({}));
+        report["api_calls"] = calls;
+        e.with_report(report)
+    })
+}
+
+async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Result<ExitCode> {
     let g = &cli.global;
     let started = Instant::now();
     match &cli.command {
         Command::Init { .. } => unreachable!("init runs before a config is loaded"),
         Command::Plan { exit_code, .. } => {
-            let clients = clients(g, &loaded).await?;
             let ctx = Ctx {
                 loaded,
                 clients,
@@ -358,7 +376,6 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
                 _ => deploy::Mode::Up,
             };
             let DeployArgs { out_dir, image, .. } = args;
-            let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, mode.command(), ui).await?;
             if mode == deploy::Mode::Up {
                 target::record(&loaded.dir, &loaded.config.project, TargetKind::Aws)?;
@@ -390,7 +407,6 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             Ok(ExitCode::Success)
         }
         Command::Build { push, image, .. } => {
-            let clients = clients(g, &loaded).await?;
             let images = interrupt::or_interrupted(
                 deploy::build_images(
                     &loaded.config,
@@ -407,7 +423,6 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             print_images(&loaded, &images, ui)
         }
         Command::Rollback { service, to, .. } => {
-            let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, "rollback", ui).await?;
             let refs =
                 deploy::service_refs(&loaded.config, &clients.cfn, service.as_deref()).await?;
@@ -431,7 +446,6 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             if *keep_images {
                 ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
             }
-            let clients = clients(g, &loaded).await?;
             install_lock(g, &clients, &loaded.config.project, "destroy", ui).await?;
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
             let report = destroy::destroy(&loaded.config, &clients, wait(g), ui, confirm).await?;
@@ -441,14 +455,12 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
             Ok(ExitCode::Success)
         }
         Command::Status { .. } => {
-            let clients = clients(g, &loaded).await?;
             let report = status::status(&loaded.config, &clients).await?;
             ui.result(summary::status_text(&report).trim_end());
             ui.result_json(&ok_json(&report));
             Ok(ExitCode::Success)
         }
         Command::Logs(args) => {
-            let clients = clients(g, &loaded).await?;
             let lines =
                 deployer::cloudwatch::print(&clients.logs, &loaded.config, args, ui).await?;
             ui.result_json(&json!({"ok": true, "target": "aws", "lines": lines}));

@@ -7,7 +7,16 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use support::{Run, SECRET_VALUE, clients};
 
-const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+/// A prebuilt image in moto's ECR (`support::moto_ecr_image` puts it there once): the
+/// deployer's preflight checks that prebuilt ECR images exist.
+const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn ensure_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        assert_eq!(support::moto_ecr_image("flow"), IMAGE);
+    });
+}
 
 struct Project {
     dir: tempfile::TempDir,
@@ -15,6 +24,7 @@ struct Project {
 
 impl Project {
     fn new(name: &str, services_yaml: &str) -> Self {
+        ensure_image();
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "project: {name}\nregion: us-east-1\ndata_lake: {{bucket: lake-{name}, prefix: crypto/}}\nservices:\n{services_yaml}"
@@ -487,7 +497,7 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
     p.run(&["up", "--image", IMAGE]).expect(0);
 
     // A new image: a new revision and a service update; no infrastructure stack is touched.
-    let new_image = IMAGE.replace("sha256:1111", "sha256:2222");
+    let new_image = support::moto_ecr_image("flow-next");
     let r = p
         .run(&["redeploy", "--image", &new_image, "--json"])
         .expect(0)
@@ -543,7 +553,7 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
 async fn rollback_goes_to_the_previous_revision_and_up_rolls_forward() {
     let p = Project::new("it-rollback", &service_yaml());
     p.run(&["up", "--image", IMAGE]).expect(0);
-    let new_image = IMAGE.replace("sha256:1111", "sha256:3333");
+    let new_image = support::moto_ecr_image("flow-other");
     p.run(&["up", "--image", &new_image]).expect(0);
 
     // Back to revision 1: the service stack's task definition changes, nothing else.

@@ -12,12 +12,22 @@ use std::time::{Duration, Instant};
 use support::fault_proxy::{Fault, FaultProxy, Seen};
 use support::{deployer_command, moto_url, unique};
 
-const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+/// A prebuilt image in moto's ECR (`support::moto_ecr_image` puts it there once): the
+/// deployer's preflight checks that prebuilt ECR images exist.
+const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flow@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn ensure_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        assert_eq!(support::moto_ecr_image("flow"), IMAGE);
+    });
+}
 
 /// The calls an interrupted step may still make: the documented undo.
 const UNDO_OPS: &[&str] = &["DeleteStack", "CancelUpdateStack", "DeleteChangeSet"];
 
 fn project(name: &str, services: usize) -> tempfile::TempDir {
+    ensure_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut text = format!("project: {name}\nregion: us-east-1\nservices:\n");
     for i in 0..services {

@@ -22,4 +22,5 @@ port=$(free_port)
 start_moto "$root/.venv-test" "$port" "$work/moto.log"
 trap 'kill $MOTO_PID 2>/dev/null || true; rm -rf "$work"' EXIT
 wait_http "http://127.0.0.1:$port/moto-api/" 60 "$work/moto.log"
+moto_ecr_image "$root/.venv-test" "http://127.0.0.1:$port" bench >/dev/null
 python3 "$root/bench/deployer/faults.py" "$BIN" "http://127.0.0.1:$port" "$runs"

@@ -22,7 +22,7 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=testing AWS_S
 unset AWS_PROFILE
 wait_http "$AWS_ENDPOINT_URL/moto-api/" 60 "$work/moto.log"
 
-image="123456789012.dkr.ecr.us-east-1.amazonaws.com/bench@sha256:$(printf bench | sha256sum | cut -c1-64)"
+image=$(moto_ecr_image "$root/.venv-test" "$AWS_ENDPOINT_URL" bench)
 cat >"$work/deployer.yaml" <<YAML
 project: bench
 data_lake: {bucket: bench-lake, prefix: crypto/}

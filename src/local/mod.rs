@@ -170,6 +170,7 @@ impl<'a> Local<'a> {
             return Err(Error::bad_input(format!("{} has not been deployed to the local target", c.project))
                 .with_help("run `deployer up --target local` first: redeploy rolls onto an existing deployment"));
         }
+        crate::preflight::refuse(self.loaded, crate::preflight::local(self.loaded))?;
         let secrets = secret_values(c, &|k| std::env::var(k).ok())?;
         let engine = Engine::connect().await?;
         self.check_names(&engine).await?;
@@ -926,6 +927,7 @@ impl Local<'_> {
     /// image in the comparison: the image is only known after the build (as on AWS).
     pub async fn plan(&self) -> Result<PlanReport> {
         let c = self.config();
+        crate::preflight::refuse(self.loaded, crate::preflight::local(self.loaded))?;
         let secrets = secret_values(c, &|k| std::env::var(k).ok())?;
         let engine = Engine::connect().await?;
         let state = self.state_dir.load()?;

@@ -306,3 +306,41 @@ impl Run {
         })
     }
 }
+
+/// The digest moto gives every image put into its ECR (it hashes an empty body).
+pub const MOTO_DIGEST: &str =
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// A prebuilt image that exists in moto's ECR (`repo@MOTO_DIGEST`), so the deployer's
+/// preflight finds it; the repository is created if needed. Blocking: usable from sync setup.
+pub fn moto_ecr_image(repo: &str) -> String {
+    let repo = repo.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let cl = clients().await;
+            let _ = cl.ecr.create_repository().repository_name(&repo).send().await;
+            let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111"},"layers":[]}"#;
+            let out = cl
+                .ecr
+                .put_image()
+                .repository_name(&repo)
+                .image_manifest(manifest)
+                .send()
+                .await;
+            let digest = match out {
+                Ok(o) => o
+                    .image()
+                    .and_then(|i| i.image_id())
+                    .and_then(|i| i.image_digest())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| MOTO_DIGEST.to_string()),
+                // Already there (moto refuses the same manifest twice).
+                Err(_) => MOTO_DIGEST.to_string(),
+            };
+            format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{digest}")
+        })
+    })
+    .join()
+    .expect("moto ECR setup")
+}
