@@ -30,7 +30,7 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
   mkdir -p "$cache"
   # Keep the caches of the two newest keys.
   for kind in target static; do
-    ls -dt "$cache/$kind"-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+    { ls -dt "$cache/$kind"-* 2>/dev/null || true; } | tail -n +3 | xargs -r rm -rf
   done
   log "build cache $CARGO_TARGET_DIR"
 fi

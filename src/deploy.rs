@@ -184,6 +184,9 @@ pub struct ServiceReport {
     pub stack: ApplyAction,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<track::ServiceState>,
+    /// The pipeline check (`deployment.verify`), when configured and a deployment ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::Report>,
     #[serde(skip)]
     pub task_definition: Option<taskdef::TaskDef>,
 }
@@ -454,6 +457,10 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
 async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
     let c = &ctx.loaded.config;
     let mut problems = crate::preflight::local(&ctx.loaded);
+    let has_prefect = std::env::var("PREFECT_API_URL").is_ok_and(|u| !u.trim().is_empty());
+    if c.services.values().any(|s| s.deployment.verify.is_some()) && !has_prefect {
+        problems.push("services.*.deployment.verify: reads the flow runs from Prefect, but PREFECT_API_URL is not set in the deployer's environment (add PREFECT_API_KEY for Prefect Cloud)".into());
+    }
     problems.extend(
         crate::preflight::ecr_images(c, &ctx.clients.ecr, &identity.account, &ctx.clients.region)
             .await,
@@ -607,7 +614,8 @@ async fn deploy_service(
                 .map(str::to_string)
         });
     }
-    let state = if applied.action == ApplyAction::Unchanged && !secret_only {
+    let deployed = !(applied.action == ApplyAction::Unchanged && !secret_only);
+    let state = if !deployed {
         track::describe(&cl.ecs, cluster, name).await?
     } else {
         let follow = track::Follow {
@@ -621,6 +629,10 @@ async fn deploy_service(
         };
         Some(track::wait_deployed(&cl.ecs, &follow, rollout_wait, ui).await?)
     };
+    let verify = match (&svc.deployment.verify, deployed) {
+        (Some(v), true) => Some(verify_on_ecs(ctx, name, &desired.family, revision, v).await?),
+        _ => None,
+    };
     let report = ServiceReport {
         service: name.to_string(),
         image: image.to_string(),
@@ -629,9 +641,40 @@ async fn deploy_service(
         registered,
         stack: applied.action,
         state,
+        verify,
         task_definition: Some(desired),
     };
     Ok((report, applied))
+}
+
+/// `deployment.verify` on ECS: the flow tags its runs with its task's family and
+/// family:revision (task metadata endpoint, flows/src/identity.rs); on a bad verdict roll the
+/// service back to the previous revision when asked.
+async fn verify_on_ecs(
+    ctx: &Ctx,
+    name: &str,
+    family: &str,
+    revision: i32,
+    v: &crate::config::Verify,
+) -> Result<crate::verify::Report> {
+    use crate::verify::{self, Verdict};
+    let prefect = verify::Prefect::from_env(None)?;
+    let rev = format!("{family}:{revision}");
+    let (verdict, report) = verify::wait(&prefect, family, &rev, v, &ctx.ui).await;
+    if verdict == Verdict::Passed {
+        return Ok(report);
+    }
+    let mut back = None;
+    if v.rollback && verdict == Verdict::Failed {
+        ctx.ui.step(format!("{name}: verify failed; rolling back"));
+        let refs = service_refs(&ctx.loaded.config, &ctx.clients.cfn, Some(name)).await?;
+        if let Some(r) = refs.first() {
+            let done = crate::rollout::rollback::rollback(&ctx.clients, r, None, ctx.wait, &ctx.ui)
+                .await?;
+            back = Some(crate::rollout::rollback::short(&done.to).to_string());
+        }
+    }
+    Err(verify::error(name, verdict, &report, v, back.as_deref()))
 }
 
 /// `<out>/<service>/task-definition.json`: what was deployed, secrets as ARNs only.

@@ -723,3 +723,78 @@ async fn logs_read_the_services_log_group_and_follow_new_lines() {
         again.stdout
     );
 }
+
+/// `deployment.verify` on AWS: moto runs no task, so the test plays the flow's part in a real
+/// Prefect server, posting runs tagged as an ECS task of the new revision would tag them
+/// (`service:<family>`, `revision:<family>:<n>`). Completed runs pass the deploy; failed runs
+/// of the next revision roll it back to the previous one (exit 4).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_on_aws_waits_for_the_revisions_runs_and_rolls_back_failing_ones() {
+    let name = support::unique("it-verify");
+    let p = Project::new(
+        &name,
+        &format!(
+            "{}    deployment: {{verify: {{flow_runs: 2, within: 60, rollback: true}}}}\n",
+            service_yaml()
+        ),
+    );
+    let prefect = support::prefect::url();
+    let env = [("PREFECT_API_URL", prefect.as_str())];
+    let family = format!("{name}-flow");
+    let play = |revision: u32, state: &'static str| {
+        let family = family.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            for i in 0..2 {
+                support::prefect::post_run(
+                    &family,
+                    &[
+                        format!("service:{family}"),
+                        format!("revision:{family}:{revision}"),
+                    ],
+                    state,
+                    &format!("{state} run {i} of revision {revision}"),
+                )
+                .await;
+            }
+        })
+    };
+    let first = play(1, "COMPLETED");
+    let up = p
+        .run_env(&["up", "--image", IMAGE, "--json"], &env)
+        .expect(0)
+        .json();
+    first.await.expect("player");
+    assert_eq!(up["services"][0]["verify"]["completed"], 2, "{up:#}");
+
+    let next = support::moto_ecr_image("flow-verify-next");
+    let second = play(2, "FAILED");
+    let bad = p.run_env(&["up", "--image", &next], &env).expect(4);
+    second.await.expect("player");
+    assert!(
+        bad.stderr.contains("failed its pipeline check"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("FAILED run 0 of revision 2"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr
+            .contains(&format!("rolled back to revision {family}:1")),
+        "{}",
+        bad.stderr
+    );
+    let status = p.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(status["services"][0]["revision"], 1, "{status:#}");
+    // Without Prefect in the environment the same config is refused before any change.
+    let refused = p.run(&["up", "--image", IMAGE]).expect(2);
+    assert!(
+        refused.stderr.contains("PREFECT_API_URL"),
+        "{}",
+        refused.stderr
+    );
+    p.run(&["destroy", "--yes"]).expect(0);
+}

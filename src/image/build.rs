@@ -12,6 +12,9 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// How long the engine may take to answer its first ping.
+pub const ENGINE_ANSWER: Duration = Duration::from_secs(5);
+
 /// Lines of step output kept for the error report of a failing step.
 const OUTPUT_TAIL: usize = 40;
 
@@ -27,9 +30,20 @@ pub async fn connect() -> Result<Docker> {
     let docker = Docker::connect_with_defaults().map_err(unreachable)?;
     // Builds and pushes stream for minutes; bollard's default 120 s request timeout is too short.
     let docker = docker.with_timeout(Duration::from_secs(3600));
-    let docker = docker.negotiate_version().await.map_err(unreachable)?;
-    docker.ping().await.map_err(unreachable)?;
-    Ok(docker)
+    // ...but an engine that accepts and never answers must not hold the run for an hour.
+    let ready = async {
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok::<_, bollard::errors::Error>(docker)
+    };
+    match tokio::time::timeout(ENGINE_ANSWER, ready).await {
+        Ok(r) => r.map_err(unreachable),
+        Err(_) => Err(Error::failure(format!(
+            "the Docker engine at {host} did not answer within {} s",
+            ENGINE_ANSWER.as_secs()
+        ))
+        .with_help("check the engine (`docker info` must answer) or DOCKER_HOST")),
+    }
 }
 
 /// One image build.

@@ -137,3 +137,22 @@ mod tests {
         assert!((o - 1.0).abs() < 1e-9);
     }
 }
+
+/// Create a flow run of `flow` with `tags`, ending in `state` with `message` (a stand-in for
+/// what a deployed flow would report).
+pub async fn post_run(flow: &str, tags: &[String], state: &str, message: &str) {
+    let f = post("/flows/", json!({ "name": flow })).await;
+    let flow_id = f["id"].as_str().expect("flow id").to_string();
+    let run = post(
+        "/flow_runs/",
+        json!({ "flow_id": flow_id, "name": format!("{flow}-{}", message.replace(' ', "-")), "tags": tags,
+                "state": { "type": "RUNNING", "name": "Running" } }),
+    )
+    .await;
+    let id = run["id"].as_str().expect("run id").to_string();
+    post(
+        &format!("/flow_runs/{id}/set_state"),
+        json!({ "state": { "type": state, "message": message } }),
+    )
+    .await;
+}
