@@ -614,7 +614,7 @@ async fn deploy_service(
                 .map(str::to_string)
         });
     }
-    let deployed = !(applied.action == ApplyAction::Unchanged && !secret_only);
+    let deployed = applied.action != ApplyAction::Unchanged || secret_only;
     let state = if !deployed {
         track::describe(&cl.ecs, cluster, name).await?
     } else {
