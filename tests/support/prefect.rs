@@ -127,17 +127,6 @@ pub async fn settled(flow: &str, within: Duration) -> Vec<FlowRun> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn prefect_times_parse_as_epoch_seconds() {
-        let t = super::seconds(&serde_json::json!("2026-12-06T02:32:28.713286Z")).expect("parse");
-        assert!((t - 1_796_524_348.713_286).abs() < 1e-3, "{t}");
-        let o = super::seconds(&serde_json::json!("1970-01-01T00:00:01+00:00")).expect("parse");
-        assert!((o - 1.0).abs() < 1e-9);
-    }
-}
-
 /// Create a flow run of `flow` with `tags`, ending in `state` with `message` (a stand-in for
 /// what a deployed flow would report).
 pub async fn post_run(flow: &str, tags: &[String], state: &str, message: &str) {
@@ -155,4 +144,15 @@ pub async fn post_run(flow: &str, tags: &[String], state: &str, message: &str) {
         json!({ "state": { "type": state, "message": message } }),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefect_times_parse_as_epoch_seconds() {
+        let t = super::seconds(&serde_json::json!("2026-12-06T02:32:28.713286Z")).expect("parse");
+        assert!((t - 1_796_524_348.713_286).abs() < 1e-3, "{t}");
+        let o = super::seconds(&serde_json::json!("1970-01-01T00:00:01+00:00")).expect("parse");
+        assert!((o - 1.0).abs() < 1e-9);
+    }
 }
