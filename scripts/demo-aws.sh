@@ -19,7 +19,7 @@ cd "$root"
 run="$root/.demo"
 mkdir -p "$run"
 
-venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN"
+venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 log "building deployer"
 cargo build -q --workspace --bins
 deployer="$root/target/debug/deployer"

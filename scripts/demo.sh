@@ -10,7 +10,9 @@
 # interval, health checks every 5 s). A Prefect server is started from a pinned venv unless
 # PREFECT_API_URL is set; the price API is a local stand-in (bench/flow/price_server.py), so no
 # internet is needed. Without a Docker engine the demo runs the emulator path instead
-# (scripts/demo-aws.sh: stacks against moto, no live pipeline).
+# (scripts/demo-aws.sh: stacks against moto, no live pipeline). The run ends by validating the
+# data: the file lake read with DuckDB (pinned venv) through the same partitioning as the
+# Athena table, the same query README.md shows for Athena.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -115,6 +117,9 @@ set -x
 "$deployer" status --target local
 "$deployer" logs --target local --tail 2
 { set +x; } 2>/dev/null
+log "validate the data: the lake read with DuckDB through the Glue table's partitioning (README \"Data lake\")"
+venv "$root/.venv-duckdb" "$DUCKDB_PIN"
+"$root/.venv-duckdb/bin/python" "$root/scripts/validate-lake.py" "$root/.deployer/lake"
 
 if [ -n "$keep" ]; then
   log "left running. Prefect UI: ${prefect_url%/api}; logs: $deployer logs --target local --follow"

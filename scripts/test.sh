@@ -43,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" &
+venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN" &
 venv_aws=$!
 venv "$root/.venv-prefect" "$PREFECT_PIN" &
 venv_prefect=$!
@@ -82,6 +82,7 @@ PREFECT_HOME="$run/prefect-home" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_
 pids+=($!)
 export DEPLOYER_TEST_PREFECT_URL="http://127.0.0.1:$prefect_port/api"
 export DEPLOYER_TEST_PREFECT_PYTHON="$root/.venv-prefect/bin/python"
+export DEPLOYER_TEST_DUCKDB_PYTHON="$root/.venv-test/bin/python"
 
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_SESSION_TOKEN

@@ -141,6 +141,8 @@ pub struct Clients {
     pub sts: aws_sdk_sts::Client,
     /// CloudWatch Logs (src/cloudwatch.rs): `logs`, failed tasks' last lines, teardown.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// S3 for the data lake (src/lake.rs), counted with the deployment's calls.
+    pub s3_data: aws_sdk_s3::Client,
     /// The deploy lock's store (src/lock.rs), counted apart in `lock_calls` so a no-op
     /// deploy still shows zero mutating calls in `calls`.
     pub s3: aws_sdk_s3::Client,
@@ -203,7 +205,13 @@ impl Clients {
             ),
             logs: aws_sdk_cloudwatchlogs::Client::from_conf(
                 aws_sdk_cloudwatchlogs::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            s3_data: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk)
                     .interceptor(c)
+                    .force_path_style(sdk.endpoint_url().is_some())
                     .build(),
             ),
             s3: aws_sdk_s3::Client::from_conf(

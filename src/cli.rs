@@ -117,6 +117,10 @@ pub enum Command {
         /// are still removed).
         #[arg(long)]
         keep_images: bool,
+        /// Also delete the data lake the deployer made (the bucket and every object version;
+        /// locally the lake folder). Without it the data always stays.
+        #[arg(long)]
+        delete_data: bool,
         #[command(flatten)]
         overrides: Overrides,
     },

@@ -215,12 +215,70 @@ impl Default for Registry {
     }
 }
 
+/// `data_lake:`: where the flows write Parquet. With `create: true` the deployer makes the
+/// bucket (retained when the stack goes) and a Glue table over it (templates/data.yaml);
+/// otherwise `bucket` names an existing one. The task role may write under `prefix` and
+/// nowhere else; services get `SINK_URL` unless they set it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataLake {
-    pub bucket: String,
+    #[serde(default)]
+    pub create: bool,
+    /// An existing bucket (with `create: false`); with `create: true` the name is
+    /// `<project>-data-<account>-<region>` unless given here.
+    #[serde(default)]
+    pub bucket: Option<String>,
     #[serde(default)]
     pub prefix: String,
+    /// Values of the `symbol` partition for Athena's partition projection. Default: the
+    /// `fsyms` of the services' SOURCE_URL, else BTC and ETH.
+    #[serde(default)]
+    pub symbols: Vec<String>,
+    /// Days a replaced or deleted object's old version is kept (the bucket is versioned).
+    #[serde(default = "default_noncurrent_days")]
+    pub noncurrent_version_days: u32,
+}
+
+fn default_noncurrent_days() -> u32 {
+    30
+}
+
+impl DataLake {
+    /// The bucket's name, given the deploying account and region.
+    pub fn bucket_name(&self, project: &str, account: &str, region: &str) -> String {
+        self.bucket
+            .clone()
+            .unwrap_or_else(|| format!("{project}-data-{account}-{region}"))
+    }
+
+    /// The symbol partition's values (see `symbols`).
+    pub fn symbol_values(&self, services: &BTreeMap<String, Service>) -> Vec<String> {
+        if !self.symbols.is_empty() {
+            return self.symbols.clone();
+        }
+        let mut from_sources: Vec<String> = services
+            .values()
+            .filter_map(|s| s.environment.get("SOURCE_URL"))
+            .filter_map(|u| {
+                u.split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("fsyms="))
+                    .map(|v| {
+                        v.split(',')
+                            .map(|x| x.trim().to_uppercase())
+                            .collect::<Vec<_>>()
+                    })
+            })
+            .flatten()
+            .filter(|x| !x.is_empty())
+            .collect();
+        from_sources.sort();
+        from_sources.dedup();
+        if from_sources.is_empty() {
+            vec!["BTC".into(), "ETH".into()]
+        } else {
+            from_sources
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -691,10 +749,36 @@ pub fn validate(c: &Config) -> Vec<String> {
         ));
     }
     if let Some(lake) = &c.data_lake {
-        if !valid_bucket(&lake.bucket) {
+        match &lake.bucket {
+            Some(b) if !valid_bucket(b) => p.push(format!(
+                "data_lake.bucket: `{b}` is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"
+            )),
+            None if !lake.create => p.push(
+                "data_lake.bucket: required unless data_lake.create is true (then the deployer makes <project>-data-<account>-<region>)".into(),
+            ),
+            _ => {}
+        }
+        if !lake.prefix.is_empty() && !lake.prefix.ends_with('/') {
             p.push(format!(
-                "data_lake.bucket: `{}` is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
-                lake.bucket
+                "data_lake.prefix: `{}` must end with '/' (e.g. crypto/) so partitions are folders under it",
+                lake.prefix
+            ));
+        }
+        for (i, sym) in lake.symbols.iter().enumerate() {
+            if sym.is_empty()
+                || !sym
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                p.push(format!(
+                    "data_lake.symbols[{i}]: `{sym}` is not a symbol (letters, digits, '-', '_')"
+                ));
+            }
+        }
+        if !(1..=3650).contains(&lake.noncurrent_version_days) {
+            p.push(format!(
+                "data_lake.noncurrent_version_days: {} is out of range; allowed 1..=3650",
+                lake.noncurrent_version_days
             ));
         }
         if lake.prefix.starts_with('/') || lake.prefix.contains('*') {
@@ -993,6 +1077,7 @@ impl Config {
             StackPart::Registry => format!("{}-registry", self.project),
             StackPart::Network => format!("{}-network", self.project),
             StackPart::Cluster => format!("{}-cluster", self.project),
+            StackPart::Data => format!("{}-data", self.project),
             StackPart::Service(name) => format!("{}-svc-{name}", self.project),
         }
     }
@@ -1008,6 +1093,8 @@ pub enum StackPart<'a> {
     Registry,
     Network,
     Cluster,
+    /// The data lake (bucket and Glue table), with `data_lake.create: true`.
+    Data,
     Service(&'a str),
 }
 

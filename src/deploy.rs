@@ -69,11 +69,13 @@ pub fn network_spec(c: &Config) -> Option<StackSpec> {
 
 /// `extra_pull`: ARNs of other ECR repositories prebuilt images come from
 /// (`preflight::extra_pull_repositories`).
-pub fn cluster_spec(c: &Config, extra_pull: &[String]) -> StackSpec {
-    let (bucket, prefix) = c
-        .data_lake
-        .as_ref()
-        .map(|d| (d.bucket.clone(), d.prefix.clone()))
+pub fn cluster_spec(
+    c: &Config,
+    extra_pull: &[String],
+    lake: Option<&crate::lake::Location>,
+) -> StackSpec {
+    let (bucket, prefix) = lake
+        .map(|l| (l.bucket.clone(), l.prefix.clone()))
         .unwrap_or_default();
     StackSpec {
         name: c.stack_name(StackPart::Cluster),
@@ -311,11 +313,22 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
 
     let registry = registry_spec(c);
+    let lake = crate::lake::location(c, &identity.account, &cl.region);
     let cluster = cluster_spec(
         c,
         &crate::preflight::extra_pull_repositories(c, identity.partition()),
+        lake.as_ref(),
     );
     let network = network_spec(c);
+    // The data stack makes the bucket, or adopts the one an earlier stack retained (a read;
+    // a bucket of that name that is not ours is refused here, before any change).
+    let data = match &lake {
+        Some(loc) if loc.managed => {
+            let create = crate::lake::create_bucket(&cl.s3_data, &cl.cfn, c, loc).await?;
+            crate::lake::data_spec(c, loc, create)
+        }
+        _ => None,
+    };
     let project = c.project.as_str();
     let infra = |spec: &StackSpec| {
         let spec = spec.clone();
@@ -336,28 +349,40 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         .await?;
         Ok::<_, Error>((applied, images))
     };
-    let network_fut = async {
-        match &network {
-            Some(spec) => infra(spec).await.map(Some),
+    let optional = |spec: Option<StackSpec>| async move {
+        match spec {
+            Some(spec) => infra(&spec).await.map(Some),
             None => Ok(None),
         }
     };
-    let (reg, net, clu) = tokio::join!(registry_and_images, network_fut, infra(&cluster));
+    let (reg, net, clu, dat) = tokio::join!(
+        registry_and_images,
+        optional(network.clone()),
+        infra(&cluster),
+        optional(data)
+    );
     // Concurrent steps can fail together: show every failure, return the first.
-    let failed: Vec<&Error> = [reg.as_ref().err(), net.as_ref().err(), clu.as_ref().err()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let failed: Vec<&Error> = [
+        reg.as_ref().err(),
+        net.as_ref().err(),
+        clu.as_ref().err(),
+        dat.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     for e in failed.iter().skip(1) {
         ui.error(e);
     }
     let (registry_applied, images) = reg?;
     let net = net?;
     let clu = clu?;
+    let dat = dat?;
     let net_out = network_out(c, net.as_ref().map(|a| &a.outputs))?;
     let mut applied_stacks = vec![registry_applied];
     applied_stacks.extend(net);
     applied_stacks.push(clu.clone());
+    applied_stacks.extend(dat);
 
     // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
     let read_at = std::time::Instant::now();
@@ -391,12 +416,14 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         .cloned()
         .unwrap_or_else(|| c.project.clone());
 
+    let sink = lake.as_ref().map(crate::lake::Location::sink_url);
     let shared = Shared {
         exec_role: &exec_role,
         task_role: &task_role,
         identity: &identity,
         net: &net_out,
         cluster: &cluster_name,
+        sink_url: sink.as_deref(),
     };
     let deploys = c.services.keys().map(|name| {
         let image = image_for(name);
@@ -495,6 +522,8 @@ struct Shared<'a> {
     identity: &'a Identity,
     net: &'a NetworkOut,
     cluster: &'a str,
+    /// The data lake's `s3://bucket/prefix`, if any.
+    sink_url: Option<&'a str>,
 }
 
 async fn deploy_service(
@@ -510,6 +539,7 @@ async fn deploy_service(
         identity,
         net,
         cluster,
+        sink_url,
     } = *shared;
     let c = &ctx.loaded.config;
     let (cl, ui) = (&ctx.clients, &ctx.ui);
@@ -524,6 +554,7 @@ async fn deploy_service(
         partition: identity.partition(),
         execution_role_arn: exec_role,
         task_role_arn: task_role,
+        sink_url,
     });
     let current = |l: Option<taskdef::LiveTaskDef>| l.filter(|l| l.def == desired);
     let read_at = std::time::Instant::now();
@@ -750,10 +781,17 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
     preflight(ctx, &identity).await?;
     let mut specs = vec![registry_spec(c)];
     specs.extend(network_spec(c));
+    let lake = crate::lake::location(c, &identity.account, &cl.region);
     specs.push(cluster_spec(
         c,
         &crate::preflight::extra_pull_repositories(c, identity.partition()),
+        lake.as_ref(),
     ));
+    if let Some(loc) = &lake
+        && let Some(spec) = crate::lake::data_spec(c, loc, true)
+    {
+        specs.push(spec);
+    }
     let plans =
         futures::future::join_all(specs.iter().map(|s| stacks::plan(&cl.cfn, s, wait))).await;
     let mut stack_plans = plans.into_iter().collect::<Result<Vec<_>>>()?;
@@ -763,6 +801,7 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         Some(s) => stacks::describe(&cl.cfn, &s.name).await?,
         None => None,
     };
+    let sink = lake.as_ref().map(crate::lake::Location::sink_url);
     let mut td_plans = Vec::new();
     for (name, svc) in &c.services {
         let family = taskdef::family(&c.project, name);
@@ -794,6 +833,7 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
             partition: identity.partition(),
             execution_role_arn: &out("ExecutionRoleArn"),
             task_role_arn: &out("TaskRoleArn"),
+            sink_url: sink.as_deref(),
         });
         let differences = match &live {
             Some(l) => diff_json(&l.def, &desired),
@@ -971,7 +1011,7 @@ mod tests {
         for spec in [
             registry_spec(&c),
             network_spec(&c).unwrap(),
-            cluster_spec(&c, &[]),
+            cluster_spec(&c, &[], None),
             service_spec(&c, "web", "arn:td", &net),
         ] {
             let mut declared = templates::parameters(spec.template);
@@ -1012,6 +1052,7 @@ mod tests {
                 partition: "aws",
                 execution_role_arn: "e",
                 task_role_arn: "t",
+                sink_url: None,
             })
         };
         let mut bigger = c.services["web"].clone();

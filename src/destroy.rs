@@ -24,6 +24,9 @@ pub struct DestroyReport {
     pub deleted_parameters: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted_log_groups: Vec<String>,
+    /// The data lake bucket: kept (the default) or deleted (`--delete-data`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_lake: Option<crate::lake::Kept>,
     /// Nothing of the project existed.
     pub nothing: bool,
     /// What is left when a step failed (empty on success).
@@ -57,27 +60,66 @@ async fn owned_stacks(c: &Config, cl: &Clients) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// `delete_data`: also empty and delete the data lake bucket the deployer made (never a
+/// bucket it did not make). Without it the bucket and every object in it stay.
 pub async fn destroy(
     c: &Config,
     cl: &Clients,
     wait: Wait,
     ui: &Ui,
+    delete_data: bool,
     confirm: impl FnOnce(&[String]) -> Result<()>,
 ) -> Result<DestroyReport> {
     let existing = owned_stacks(c, cl).await?;
     let parameters = secrets::owned_parameters(&cl.ssm, &c.project).await?;
+    let lake = match &c.data_lake {
+        Some(_) => {
+            let id = crate::aws::identity(&cl.sts).await?;
+            crate::lake::location(c, &id.account, &cl.region)
+        }
+        None => None,
+    };
+    if delete_data && lake.as_ref().is_some_and(|l| !l.managed) {
+        return Err(Error::bad_input(
+            "--delete-data deletes only a bucket the deployer made (data_lake.create: true); this project writes to an existing bucket, which destroy never touches",
+        )
+        .with_help("delete that bucket's data yourself if you mean to"));
+    }
+    let objects = match lake.as_ref().filter(|l| l.managed) {
+        Some(l) => crate::lake::count_objects(&cl.s3_data, &l.bucket).await?,
+        None => None,
+    };
     let mut what: Vec<String> = existing.clone();
     what.extend(parameters.iter().map(|p| format!("SSM parameter {p}")));
+    if let (true, Some(l), Some(n)) = (delete_data, &lake, objects) {
+        what.push(format!(
+            "the data lake bucket {} and its {n} object(s), every version",
+            l.bucket
+        ));
+    }
     let mut report = DestroyReport {
         project: c.project.clone(),
         ..Default::default()
     };
+    if let (Some(l), Some(n)) = (&lake, objects) {
+        report.data_lake = Some(crate::lake::Kept {
+            bucket: l.bucket.clone(),
+            objects: n,
+            deleted: false,
+        });
+    }
     if what.is_empty() {
         report.nothing = true;
         return Ok(report);
     }
     confirm(&what)?;
     let result = run(c, cl, wait, ui, &existing, &parameters, &mut report).await;
+    let result = match (result, delete_data, &mut report.data_lake) {
+        (Ok(()), true, Some(kept)) => crate::lake::delete_bucket(&cl.s3_data, &kept.bucket, ui)
+            .await
+            .map(|_| kept.deleted = true),
+        (r, _, _) => r,
+    };
     if let Err(e) = result {
         report.remaining = remaining(c, cl).await;
         let left = if report.remaining.is_empty() {
@@ -177,7 +219,13 @@ async fn run(
         stacks::delete(&cl.cfn, &registry, wait, ui).await?;
         report.deleted_stacks.push(registry);
     }
-    // 5. The secrets it stored.
+    // 5. The data stack: its Glue table goes, its bucket stays (DeletionPolicy Retain).
+    let data = c.stack_name(StackPart::Data);
+    if has(&data) {
+        stacks::delete(&cl.cfn, &data, wait, ui).await?;
+        report.deleted_stacks.push(data);
+    }
+    // 6. The secrets it stored.
     if !parameters.is_empty() {
         secrets::delete(&cl.ssm, parameters).await?;
         ui.step(format!(

@@ -11,6 +11,7 @@ pub mod destroy;
 pub mod error;
 pub mod image;
 pub mod interrupt;
+pub mod lake;
 pub mod local;
 pub mod lock;
 pub mod preflight;

@@ -241,10 +241,13 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             Ok(ExitCode::Success)
         }
         Command::Destroy {
-            yes, keep_images, ..
+            yes,
+            keep_images,
+            delete_data,
+            ..
         } => {
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
-            let report = local.destroy(*keep_images, confirm).await?;
+            let report = local.destroy(*keep_images, *delete_data, confirm).await?;
             ui.result(summary::local_destroy_text(&report).trim_end());
             ui.result_json(&ok_json(&report));
             Ok(ExitCode::Success)
@@ -441,14 +444,19 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
             Ok(ExitCode::Success)
         }
         Command::Destroy {
-            yes, keep_images, ..
+            yes,
+            keep_images,
+            delete_data,
+            ..
         } => {
             if *keep_images {
                 ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
             }
             install_lock(g, &clients, &loaded.config.project, "destroy", ui).await?;
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
-            let report = destroy::destroy(&loaded.config, &clients, wait(g), ui, confirm).await?;
+            let report =
+                destroy::destroy(&loaded.config, &clients, wait(g), ui, *delete_data, confirm)
+                    .await?;
             target::clear(&loaded.dir, &loaded.config.project);
             ui.result(summary::destroy_text(&report).trim_end());
             ui.result_json(&ok_json(&report));

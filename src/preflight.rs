@@ -99,6 +99,7 @@ pub fn local(loaded: &Loaded) -> Vec<String> {
             partition: "aws-us-gov",
             execution_role_arn: &role,
             task_role_arn: &role,
+            sink_url: Some("s3://a-bucket-name-of-the-longest-length-allowed-by-s3-63-chars/x/"),
         });
         let size = serde_json::to_vec(&td).map(|v| v.len()).unwrap_or(0);
         if size > TASK_DEFINITION_MAX_BYTES {

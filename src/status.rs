@@ -38,6 +38,9 @@ pub fn stack_names(c: &Config) -> Vec<String> {
     let mut names = vec![c.stack_name(StackPart::Registry)];
     names.extend(network_spec(c).map(|s| s.name));
     names.push(c.stack_name(StackPart::Cluster));
+    if c.data_lake.as_ref().is_some_and(|l| l.create) {
+        names.push(c.stack_name(StackPart::Data));
+    }
     names.extend(
         c.services
             .keys()

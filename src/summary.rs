@@ -215,9 +215,20 @@ pub fn status_text(r: &StatusReport) -> String {
 }
 
 pub fn destroy_text(r: &DestroyReport) -> String {
+    let lake = match &r.data_lake {
+        Some(k) if k.deleted => format!(
+            "  deleted the data lake bucket {} and its {} object(s)\n",
+            k.bucket, k.objects
+        ),
+        Some(k) => format!(
+            "  kept the data lake: s3://{}/ ({} object(s)); it outlives the deployment. Delete it with `deployer destroy --delete-data`\n",
+            k.bucket, k.objects
+        ),
+        None => String::new(),
+    };
     if r.nothing {
         return format!(
-            "{}: nothing to delete (no stack or parameter of the project exists)\n",
+            "{}: nothing to delete (no stack or parameter of the project exists)\n{lake}",
             r.project
         );
     }
@@ -241,6 +252,7 @@ pub fn destroy_text(r: &DestroyReport) -> String {
     for g in &r.deleted_log_groups {
         let _ = writeln!(s, "  deleted log group {g}");
     }
+    s.push_str(&lake);
     s
 }
 
@@ -393,13 +405,18 @@ pub fn local_destroy_text(r: &crate::local::DestroyReport) -> String {
     } else if r.images_removed > 0 {
         let _ = writeln!(s, "  removed {} image(s)", r.images_removed);
     }
-    if let Some(lake) = &r.lake_dir {
-        let _ = writeln!(
-            s,
-            "  kept the data lake {} (delete it yourself when it is no longer needed: rm -r '{}')",
-            lake.display(),
-            lake.display()
-        );
+    match &r.lake_dir {
+        Some(lake) if r.lake_deleted => {
+            let _ = writeln!(s, "  deleted the data lake folder {}", lake.display());
+        }
+        Some(lake) => {
+            let _ = writeln!(
+                s,
+                "  kept the data lake {} (delete it with `deployer destroy --target local --delete-data`)",
+                lake.display()
+            );
+        }
+        None => {}
     }
     s
 }

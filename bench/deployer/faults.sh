@@ -13,7 +13,7 @@ cd "$root"
 . "$root/scripts/lib.sh"
 runs="${1:-10}"
 work="$(mktemp -d)"
-venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN"
+venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 if [ -z "${BIN:-}" ]; then
   cargo build -q -p deployer
   BIN="$root/target/debug/deployer"

@@ -10,7 +10,7 @@ cd "$root"
 . "$root/scripts/lib.sh"
 runs="${1:-10}"
 work="$(mktemp -d)"
-venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN"
+venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 cargo build -q --release -p deployer
 bin="$root/target/release/deployer"
 

@@ -290,7 +290,9 @@ impl Runner {
 
     /// One iteration with its flow run; returns how the run ended.
     async fn one(&self, number: u64, mut shutdown: watch::Receiver<bool>) -> RunState {
-        let run_id = self.cfg.replay.unwrap_or_else(Uuid::new_v4);
+        // UUIDv7: the id carries the iteration's time, which names its date partition, so a
+        // replay (REPLAY_RUN_ID) lands where the original did, whatever day it runs.
+        let run_id = self.cfg.replay.unwrap_or_else(Uuid::now_v7);
         let started = Utc::now();
         let clock = Instant::now();
         self.reporter.send(Report::RunStarted {

@@ -81,12 +81,27 @@ fn sanitize(value: &str) -> String {
         .collect()
 }
 
+/// The UTC day an iteration belongs to: the time inside its run id (UUIDv7), so a replay of
+/// the iteration (same run id, another day) writes the same partition and overwrites its own
+/// file; ids without a time (v4, from before v7 ids) fall back to the observation time.
+pub fn partition_date(run_id: Uuid, observed_at: DateTime<Utc>) -> String {
+    run_id
+        .get_timestamp()
+        .and_then(|t| {
+            let (secs, nanos) = t.to_unix();
+            DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+        })
+        .unwrap_or(observed_at)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 pub fn partition(rows: Vec<PriceRow>) -> BTreeMap<Partition, Vec<PriceRow>> {
     let mut parts: BTreeMap<Partition, Vec<PriceRow>> = BTreeMap::new();
     for row in rows {
         let key = Partition {
             symbol: row.symbol.clone(),
-            date: row.observed_at.format("%Y-%m-%d").to_string(),
+            date: partition_date(row.run_id, row.observed_at),
         };
         parts.entry(key).or_default().push(row);
     }
@@ -192,6 +207,75 @@ mod tests {
                 format!("symbol=ETH/date=2026-11-25/{run}.parquet"),
             ]
         );
+    }
+
+    #[test]
+    fn a_replay_across_midnight_lands_in_the_original_partition() {
+        // An iteration at 23:59:59 on 2026-11-25 ...
+        let original = DateTime::parse_from_rfc3339("2026-11-25T23:59:59Z")
+            .unwrap()
+            .to_utc();
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(original.timestamp()).unwrap(),
+            0,
+        );
+        let run = Uuid::new_v7(ts);
+        // ... replayed the next day: same run id, a new observation time.
+        let replayed_at = DateTime::parse_from_rfc3339("2026-11-26T08:00:00Z")
+            .unwrap()
+            .to_utc();
+        let parts = partition(to_rows(&quotes(), replayed_at, run, 1, "i-1"));
+        let keys: Vec<_> = parts.keys().map(|p| p.key(run)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                format!("symbol=BTC/date=2026-11-25/{run}.parquet"),
+                format!("symbol=ETH/date=2026-11-25/{run}.parquet"),
+            ]
+        );
+        // A v4 id has no time: the observation's day.
+        assert_eq!(partition_date(Uuid::new_v4(), replayed_at), "2026-11-26");
+    }
+
+    /// flows/schema.json is the lake's one source of truth: the writer matches it exactly.
+    #[test]
+    fn the_writer_matches_the_published_schema() {
+        let published: serde_json::Value =
+            serde_json::from_str(include_str!("../schema.json")).expect("schema.json");
+        let columns: Vec<(String, String)> = published["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or("").to_string(),
+                    c["type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let written: Vec<(String, String)> = schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = match f.data_type() {
+                    DataType::Utf8 => "string",
+                    DataType::Float64 => "double",
+                    DataType::Int64 => "bigint",
+                    DataType::Timestamp(TimeUnit::Microsecond, _) => "timestamp",
+                    other => panic!("no Glue type for {other:?}"),
+                };
+                (f.name().clone(), ty.to_string())
+            })
+            .collect();
+        assert_eq!(written, columns);
+        let keys: Vec<&str> = published["partition_keys"]
+            .as_array()
+            .expect("partition keys")
+            .iter()
+            .filter_map(|k| k["name"].as_str())
+            .collect();
+        assert_eq!(keys, ["symbol", "date"], "the Hive path: symbol=/date=");
     }
 
     #[test]

@@ -718,9 +718,10 @@ pub struct DestroyReport {
     pub network_removed: bool,
     pub images_removed: u32,
     pub images_kept: bool,
-    /// The data lake folder, which `destroy` never deletes.
+    /// The data lake folder, which `destroy` keeps unless `--delete-data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lake_dir: Option<PathBuf>,
+    pub lake_deleted: bool,
     /// There was nothing of the project to delete.
     pub nothing: bool,
 }
@@ -731,6 +732,7 @@ impl Local<'_> {
     pub async fn destroy(
         &self,
         keep_images: bool,
+        delete_data: bool,
         confirm: impl FnOnce(&[String]) -> Result<()>,
     ) -> Result<DestroyReport> {
         let c = self.config();
@@ -746,7 +748,12 @@ impl Local<'_> {
             .await?
             .is_some_and(|l| l.get(LABEL_PROJECT) == Some(&c.project));
         let lake = lake_dir(self.loaded, false)?;
-        let nothing = all.is_empty() && images.is_empty() && !network && !self.state_dir.exists();
+        let drop_lake = lake.clone().filter(|d| delete_data && d.exists());
+        let nothing = all.is_empty()
+            && images.is_empty()
+            && !network
+            && !self.state_dir.exists()
+            && drop_lake.is_none();
         if nothing {
             crate::target::clear(&self.loaded.dir, &c.project);
             return Ok(DestroyReport {
@@ -757,6 +764,7 @@ impl Local<'_> {
                 images_removed: 0,
                 images_kept: keep_images,
                 lake_dir: lake,
+                lake_deleted: false,
                 nothing,
             });
         }
@@ -769,6 +777,12 @@ impl Local<'_> {
         }
         what.extend(images.iter().map(|i| format!("image {i}")));
         what.push(format!("state {}", self.state_dir.path.display()));
+        if let Some(d) = &drop_lake {
+            what.push(format!(
+                "the data lake folder {} and everything in it",
+                d.display()
+            ));
+        }
         confirm(&what)?;
         let _lock = self.state_dir.lock("destroy", self.wait_for_lock).await?;
         let stops = all.iter().map(|i| {
@@ -806,6 +820,12 @@ impl Local<'_> {
         }
         self.state_dir.remove()?;
         crate::target::clear(&self.loaded.dir, &c.project);
+        if let Some(d) = &drop_lake {
+            std::fs::remove_dir_all(d).map_err(|e| {
+                Error::failure(format!("cannot delete the data lake folder {}: {e}", d.display()))
+                    .with_help("its files may belong to the container's user: delete them with the same rights")
+            })?;
+        }
         Ok(DestroyReport {
             project: c.project.clone(),
             target: "local",
@@ -814,6 +834,7 @@ impl Local<'_> {
             images_removed,
             images_kept: keep_images,
             lake_dir: lake,
+            lake_deleted: drop_lake.is_some(),
             nothing,
         })
     }

@@ -94,6 +94,8 @@ pub struct RenderInput<'a> {
     pub partition: &'a str,
     pub execution_role_arn: &'a str,
     pub task_role_arn: &'a str,
+    /// The data lake (`s3://bucket/prefix`): the service's SINK_URL unless it sets its own.
+    pub sink_url: Option<&'a str>,
 }
 
 pub fn family(project: &str, service: &str) -> String {
@@ -110,6 +112,15 @@ pub fn render(i: &RenderInput<'_>) -> TaskDef {
             value: v.clone(),
         })
         .collect();
+    if let Some(sink) = i.sink_url
+        && !s.environment.contains_key("SINK_URL")
+        && !s.secrets.iter().any(|n| n == "SINK_URL")
+    {
+        environment.push(NameValue {
+            name: "SINK_URL".into(),
+            value: sink.into(),
+        });
+    }
     environment.sort_by(|a, b| a.name.cmp(&b.name));
     let mut secrets: Vec<SecretRef> = s
         .secrets
@@ -437,6 +448,7 @@ mod tests {
             partition: "aws",
             execution_role_arn: "arn:exec",
             task_role_arn: "arn:task",
+            sink_url: None,
         });
         let c = &td.container_definitions[0];
         assert_eq!(

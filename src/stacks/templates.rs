@@ -7,6 +7,7 @@ pub const NETWORK: &str = include_str!("../../templates/network.yaml");
 pub const CLUSTER: &str = include_str!("../../templates/cluster.yaml");
 pub const REGISTRY: &str = include_str!("../../templates/registry.yaml");
 pub const SERVICE: &str = include_str!("../../templates/service.yaml");
+pub const DATA: &str = include_str!("../../templates/data.yaml");
 
 /// (logical id, resource type) of every resource in a template, for plans of new stacks
 /// (a CREATE change set would leave a REVIEW_IN_PROGRESS stack behind).
