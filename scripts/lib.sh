@@ -4,6 +4,8 @@
 MOTO_PIN='moto[server]==5.2.5'
 CFN_LINT_PIN='cfn-lint==1.58.0'
 DUCKDB_PIN='duckdb==2.0.1'
+ZIZMOR_PIN='zizmor==1.33.1'
+CHECKOV_PIN='checkov==3.3.30'
 PREFECT_PIN='prefect==3.9.1'
 
 log() { echo "$(basename "$0"): $*" >&2; }

@@ -5,8 +5,9 @@
 #   3. moto (AWS APIs) and a Prefect server with a throw-away PREFECT_HOME, on free loopback ports;
 #   4. the lint gate: cargo fmt --check and cargo clippy (workspace, all targets, -D warnings;
 #      lints in Cargo.toml [workspace.lints]); any finding fails the run;
-#   5. cfn-lint on templates/, the static flow binary, then every Rust test (cargo nextest,
-#      or cargo test without it);
+#   5. cfn-lint on templates/, zizmor and checkov on .github/ and templates/ (pinned venv
+#      .venv-lint), the static flow binary, then every Rust test (cargo nextest, or cargo test
+#      without it);
 #   6. stops everything it started.
 # Extra arguments go to the test runner (e.g. scripts/test.sh -E 'test(config)').
 set -euo pipefail
@@ -47,6 +48,8 @@ venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN" &
 venv_aws=$!
 venv "$root/.venv-prefect" "$PREFECT_PIN" &
 venv_prefect=$!
+venv "$root/.venv-lint" "$ZIZMOR_PIN" "$CHECKOV_PIN" &
+venv_lint=$!
 
 ensure_dockerd "$run/dockerd.log"
 
@@ -89,6 +92,17 @@ unset AWS_PROFILE AWS_ENDPOINT_URL AWS_SESSION_TOKEN
 
 log "cfn-lint templates/"
 "$root/.venv-test/bin/cfn-lint" --regions us-east-1 -- templates/*.yaml
+# The workflows and templates: any zizmor finding at medium or above, and any checkov check
+# not skipped inline with its reason, fails the run.
+wait "$venv_lint"
+log "zizmor --offline .github/"
+"$root/.venv-lint/bin/zizmor" --offline --min-severity medium --no-progress .github/ \
+  || { log "zizmor found problems (above)"; exit 1; }
+log "checkov templates/ .github/"
+"$root/.venv-lint/bin/checkov" --quiet --compact -d templates --framework cloudformation \
+  || { log "checkov found problems in templates/ (above)"; exit 1; }
+"$root/.venv-lint/bin/checkov" --quiet --compact -d .github --framework github_actions \
+  || { log "checkov found problems in .github/ (above)"; exit 1; }
 
 wait_http "$DEPLOYER_TEST_MOTO_URL/moto-api/" 60 "$run/moto.log"
 wait_http "$DEPLOYER_TEST_PREFECT_URL/health" 120 "$run/prefect.log"

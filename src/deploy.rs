@@ -268,6 +268,7 @@ async fn existing(
     cfn: &aws_sdk_cloudformation::Client,
     spec: &StackSpec,
     project: &str,
+    ui: &Ui,
 ) -> Result<Applied> {
     let fix = "run `deployer up` first: redeploy only rolls images and services onto existing infrastructure";
     let live = stacks::describe(cfn, &spec.name).await?.ok_or_else(|| {
@@ -288,6 +289,15 @@ async fn existing(
         return Err(
             Error::failure(format!("stack {} is {}", spec.name, live.status)).with_help(fix),
         );
+    }
+    // A push can carry infrastructure changes (a template, a parameter): redeploy never applies
+    // them, so it says so instead of leaving them pending unnoticed.
+    if !stacks::is_current(cfn, spec, &live, ui).await? {
+        return Err(Error::bad_input(format!(
+            "stack {} has infrastructure changes pending (its template, parameters or tags differ from the config); redeploy does not apply them",
+            spec.name
+        ))
+        .with_help("run `deployer up` to apply them (it also rolls the services)"));
     }
     Ok(Applied {
         stack: spec.name.clone(),
@@ -335,7 +345,7 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         async move {
             match mode {
                 Mode::Up => stacks::apply(&cl.cfn, &spec, wait, ui).await,
-                Mode::Redeploy => existing(&cl.cfn, &spec, project).await,
+                Mode::Redeploy => existing(&cl.cfn, &spec, project, ui).await,
             }
         }
     };

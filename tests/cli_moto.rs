@@ -496,8 +496,27 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
 
     p.run(&["up", "--image", IMAGE]).expect(0);
 
+    // A push that changes the infrastructure: redeploy never applies it, and says so.
+    let pending = p
+        .run(&[
+            "redeploy",
+            "--image",
+            IMAGE,
+            "--set",
+            "cluster.container_insights=false",
+        ])
+        .expect(2);
+    assert!(
+        pending
+            .stderr
+            .contains("it-redeploy-cluster has infrastructure changes pending")
+            && pending.stderr.contains("run `deployer up`"),
+        "{}",
+        pending.stderr
+    );
+
     // A new image: a new revision and a service update; no infrastructure stack is touched.
-    let new_image = support::moto_ecr_image("flow-next");
+    let new_image = support::moto_ecr_tagged("flow", "next");
     let r = p
         .run(&["redeploy", "--image", &new_image, "--json"])
         .expect(0)
@@ -553,7 +572,7 @@ async fn redeploy_needs_up_then_rolls_only_images_and_services() {
 async fn rollback_goes_to_the_previous_revision_and_up_rolls_forward() {
     let p = Project::new("it-rollback", &service_yaml());
     p.run(&["up", "--image", IMAGE]).expect(0);
-    let new_image = support::moto_ecr_image("flow-other");
+    let new_image = support::moto_ecr_tagged("flow", "other");
     p.run(&["up", "--image", &new_image]).expect(0);
 
     // Back to revision 1: the service stack's task definition changes, nothing else.
@@ -767,7 +786,7 @@ async fn verify_on_aws_waits_for_the_revisions_runs_and_rolls_back_failing_ones(
     first.await.expect("player");
     assert_eq!(up["services"][0]["verify"]["completed"], 2, "{up:#}");
 
-    let next = support::moto_ecr_image("flow-verify-next");
+    let next = support::moto_ecr_tagged("flow", "verify-next");
     let second = play(2, "FAILED");
     let bad = p.run_env(&["up", "--image", &next], &env).expect(4);
     second.await.expect("player");

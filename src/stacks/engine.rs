@@ -195,7 +195,8 @@ async fn describe_with(
 
 /// True when the live stack already has this template, these parameters and these tags:
 /// then there is nothing to do and no mutating call is made.
-async fn is_current(cfn: &Client, spec: &StackSpec, live: &LiveStack, ui: &Ui) -> Result<bool> {
+/// The live stack already is what `spec` describes (parameters, tags, template body).
+pub async fn is_current(cfn: &Client, spec: &StackSpec, live: &LiveStack, ui: &Ui) -> Result<bool> {
     let changed: Vec<&String> = spec
         .parameters
         .iter()

@@ -6,7 +6,7 @@ pub mod templates;
 
 pub use engine::{
     Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, Wait, apply, delete, describe,
-    other_service_stacks, plan,
+    is_current, other_service_stacks, plan,
 };
 
 use std::collections::BTreeMap;

@@ -314,6 +314,16 @@ pub const MOTO_DIGEST: &str =
 /// A prebuilt image that exists in moto's ECR (`repo@MOTO_DIGEST`), so the deployer's
 /// preflight finds it; the repository is created if needed. Blocking: usable from sync setup.
 pub fn moto_ecr_image(repo: &str) -> String {
+    moto_ecr_put(repo, None)
+}
+
+/// The same image under a tag (`repo:tag`): another image URI in the same repository (moto
+/// gives every image one digest, so tags are how tests tell images apart).
+pub fn moto_ecr_tagged(repo: &str, tag: &str) -> String {
+    moto_ecr_put(repo, Some(tag.to_string()))
+}
+
+fn moto_ecr_put(repo: &str, tag: Option<String>) -> String {
     let repo = repo.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -326,6 +336,7 @@ pub fn moto_ecr_image(repo: &str) -> String {
                 .put_image()
                 .repository_name(&repo)
                 .image_manifest(manifest)
+                .set_image_tag(tag.clone())
                 .send()
                 .await;
             let digest = match out {
@@ -338,7 +349,10 @@ pub fn moto_ecr_image(repo: &str) -> String {
                 // Already there (moto refuses the same manifest twice).
                 Err(_) => MOTO_DIGEST.to_string(),
             };
-            format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{digest}")
+            match tag {
+                Some(t) => format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}:{t}"),
+                None => format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{digest}"),
+            }
         })
     })
     .join()
