@@ -351,7 +351,7 @@ async fn unreachable_registry_fails_clearly_after_retries() {
 /// emulation), tagged apart from the amd64 image of the same commit, and labelled with the
 /// commit it was built from.
 #[tokio::test(flavor = "multi_thread")]
-async fn arm64_build_is_tagged_by_commit_and_labelled() {
+async fn arm64_build_is_tagged_by_content_and_labelled() {
     let docker = docker().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
@@ -383,10 +383,16 @@ async fn arm64_build_is_tagged_by_commit_and_labelled() {
     let built = image::publish(&req, Some(&offline_ecr()), &Ui::silent())
         .await
         .expect("arm64 build");
-    assert_eq!(
-        built.tag,
-        format!("{}-{}-arm64", &commit[..12], image::recipe_hash(&spec))
+    // Named by content (context hash and recipe), not by the commit; arm64 apart.
+    let expected = image::content_tag(&spec, root, deployer::image::Platform::LinuxArm64)
+        .await
+        .expect("content tag");
+    assert!(
+        expected.starts_with("ctx-")
+            && expected.ends_with(&format!("-{}-arm64", image::recipe_hash(&spec))),
+        "{expected}"
     );
+    assert_eq!(built.tag, expected);
     assert_eq!(built.tagged_ref, format!("{repo}:{}", built.tag));
     assert_eq!(built.digest, None, "nothing was pushed");
     let inspect = docker

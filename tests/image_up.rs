@@ -67,11 +67,13 @@ async fn up_from_source_deploys_the_pushed_digest() {
     let image = &first["images"][0];
     assert_eq!(image["service"], "web", "{first:#}");
     assert!(
-        image["tag"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("{}-", &commit[..12])),
-        "tagged by the clean commit: {image:#}"
+        image["tag"].as_str().unwrap().starts_with("ctx-"),
+        "tagged by content: {image:#}"
+    );
+    assert_eq!(
+        image["commit"],
+        commit.as_str(),
+        "the commit deployed: {image:#}"
     );
     assert_eq!(image["skipped_push"], false);
     assert_eq!(image["layers_pushed"], 1, "{image:#}");
@@ -141,10 +143,36 @@ async fn up_from_source_deploys_the_pushed_digest() {
     assert_eq!(image["image_uri"], by_digest.as_str());
     assert_eq!(second["services"][0]["registered"], false);
     assert_eq!(second["unchanged"], true, "{second:#}");
+
+    // A new commit that changes nothing the image is built from (a README edit): the content
+    // tag is in the registry, so 0 builds, 0 pushes, 0 revisions, 0 rollouts, 0 changes.
+    write(root, "README.md", "a note that is not part of the image\n");
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "docs only"]);
+    let new_commit = git(root, &["rev-parse", "HEAD"]);
+    let third = deployer(root, &["up", "--registry", &registry, "--json"])
+        .expect(0)
+        .json();
+    let image = &third["images"][0];
+    assert_eq!(image["skipped_push"], true, "{third:#}");
+    assert_eq!(image["build_steps"], 0, "nothing was built: {third:#}");
+    assert_eq!(image["image_uri"], by_digest.as_str(), "the same image");
+    assert_eq!(
+        image["commit"],
+        new_commit.as_str(),
+        "the deployed commit is shown"
+    );
+    assert_eq!(third["services"][0]["registered"], false, "no new revision");
+    assert_eq!(third["unchanged"], true, "no rollout: {third:#}");
+    let mutating = &third["api_calls"]["mutating"];
+    assert!(
+        mutating.as_object().is_some_and(|m| m.is_empty()),
+        "no mutating call: {mutating}"
+    );
     remove_repository_images(&docker().await, &format!("{registry}/{project}")).await;
 }
 
-/// The ECR path against moto: DescribeImages finds the commit's tag, so `build --push`
+/// The ECR path against moto: DescribeImages finds the content's tag, so `build --push`
 /// skips the build and push and reports ECR's digest; the authorization token is never
 /// printed, even with -vv; a dirty work tree is refused under --require-clean.
 #[tokio::test(flavor = "multi_thread")]
@@ -164,15 +192,16 @@ async fn ecr_skip_if_present_require_clean_and_token_never_printed() {
     git(root, &["init", "-q"]);
     git(root, &["add", "."]);
     git(root, &["commit", "-q", "-m", "one"]);
-    let commit = git(root, &["rev-parse", "HEAD"]);
-    // Tags are `<commit>-<recipe>`: the recipe is this service's build section.
-    let recipe = deployer::image::recipe_hash(&deployer::image::BuildSpec {
+    // Tags name the content: the context's hash and this service's build recipe.
+    let spec = deployer::image::BuildSpec {
         context: "app".into(),
         ..Default::default()
-    });
-    let tag = &format!("{}-{recipe}", &commit[..12]);
+    };
+    let tag = &deployer::image::content_tag(&spec, root, deployer::image::Platform::LinuxAmd64)
+        .await
+        .expect("content tag");
 
-    // The repository holds this commit's tag already (as after an earlier `up`).
+    // The repository holds this content's tag already (as after an earlier `up`).
     let cl = clients().await;
     cl.ecr
         .create_repository()

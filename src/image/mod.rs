@@ -209,6 +209,10 @@ pub struct PublishedImage {
     pub cached_steps: u32,
     pub build_seconds: f64,
     pub push_seconds: f64,
+    /// The commit being deployed (provenance; the image may have been first built from an
+    /// earlier commit with the same content, see its `org.opencontainers.image.revision`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Where the image goes.
@@ -266,43 +270,25 @@ pub async fn publish(
     };
     let mut docker: Option<Docker> = None;
 
-    // With git the tag is known before anything is built: check the registry first, so an
-    // unchanged commit costs one API call (no prebuild, no build, no push).
-    if let Some(state) = &git {
-        let identity = SourceIdentity::Git(state.clone());
-        let tag = req.tag(&identity);
-        if let Some(done) = existing(req, &registry, &repo_ref, &tag, ecr, &mut docker, ui).await? {
-            return Ok(done);
-        }
-    }
-
+    // The image is named by what it is built from, not by the commit: the context after the
+    // prebuild (a deterministic tar: sorted, normalised times and owners), with the recipe
+    // (Dockerfile, args, target) and the platform in the tag. A commit that changes none of it
+    // (a README edit) finds its tag in the registry: no build, no push, the same digest, so no
+    // new revision and no rollout. The prebuild runs every time (the bundled flow's is a cargo
+    // no-op when nothing changed) because only its output says what the image would be.
     if let Some(command) = &req.spec.prebuild {
         prebuild(command, req, &context_dir, ui).await?;
     }
     let context = BuildContext::open(&context_dir, &req.spec.dockerfile)?;
-
-    let identity = match git {
-        Some(state) => SourceIdentity::Git(state),
-        None => {
-            // No commit to name the sources: name them by the context's content (deterministic tar).
-            let ctx = context.clone();
-            let stats = tokio::task::spawn_blocking(move || ctx.write_tar(std::io::sink()))
-                .await
-                .map_err(|e| Error::failure(format!("hashing the build context: {e}")))?
-                .map_err(|e| Error::failure(format!("cannot read the build context: {e}")))?;
-            let identity = SourceIdentity::Context {
-                sha256: stats.sha256,
-            };
-            let tag = req.tag(&identity);
-            if let Some(done) =
-                existing(req, &registry, &repo_ref, &tag, ecr, &mut docker, ui).await?
-            {
-                return Ok(done);
-            }
-            identity
-        }
+    let identity = SourceIdentity::Context {
+        sha256: context_sha256(&context).await?,
     };
+    let current_commit = git.as_ref().map(|g| g.commit.clone());
     let tag = req.tag(&identity);
+    if let Some(mut done) = existing(req, &registry, &repo_ref, &tag, ecr, &mut docker, ui).await? {
+        done.commit = current_commit;
+        return Ok(done);
+    }
     let tagged_ref = format!("{repo_ref}:{tag}");
     let docker = match docker {
         Some(d) => d,
@@ -317,7 +303,7 @@ pub async fn publish(
             args: &req.spec.args,
             target: req.spec.target.as_deref(),
             platform: req.platform,
-            labels: labels(&identity)
+            labels: labels(git.as_ref())
                 .into_iter()
                 .chain(req.labels.clone())
                 .collect(),
@@ -341,6 +327,7 @@ pub async fn publish(
         cached_steps: built.cached_steps,
         build_seconds: built.seconds,
         push_seconds: 0.0,
+        commit: current_commit,
     };
     if !req.push {
         return Ok(published);
@@ -406,6 +393,7 @@ async fn existing(
             cached_steps: 0,
             build_seconds: 0.0,
             push_seconds: started.elapsed().as_secs_f64(),
+            commit: None,
         }
     }))
 }
@@ -446,6 +434,7 @@ async fn local_image(
         cached_steps: 0,
         build_seconds: 0.0,
         push_seconds: started.elapsed().as_secs_f64(),
+        commit: None,
     }))
 }
 
@@ -487,12 +476,36 @@ async fn registry_digest(docker: &Docker, reference: &str, ui: &Ui) -> Option<St
     }
 }
 
-/// Labels that identify the sources. `created` is the commit time, not the wall clock: a
+/// The tag the context gives today (as `publish` computes it after the prebuild): for tools
+/// and tests that need to know an image's name without building it.
+pub async fn content_tag(spec: &BuildSpec, base_dir: &Path, platform: Platform) -> Result<String> {
+    let context = BuildContext::open(&base_dir.join(&spec.context), &spec.dockerfile)?;
+    let mut req = PublishRequest::new(spec, base_dir, "unused");
+    req.platform = platform;
+    Ok(req.tag(&SourceIdentity::Context {
+        sha256: context_sha256(&context).await?,
+    }))
+}
+
+/// The SHA-256 of the context's deterministic tar: the image's content identity.
+pub async fn context_sha256(context: &BuildContext) -> Result<String> {
+    let ctx = context.clone();
+    let stats = tokio::task::spawn_blocking(move || ctx.write_tar(std::io::sink()))
+        .await
+        .map_err(|e| Error::failure(format!("hashing the build context: {e}")))?
+        .map_err(|e| Error::failure(format!("cannot read the build context: {e}")))?;
+    Ok(stats.sha256)
+}
+
+/// Labels that identify the sources: the provenance of the build (the commit that first built
+/// this content). `created` is the commit time, not the wall clock: a
 /// build-time label would give every rebuild a new config and digest (a redeploy with no
 /// change, and a config upload every time), while the commit time keeps rebuilds identical.
-fn labels(identity: &SourceIdentity) -> BTreeMap<String, String> {
+/// (The content hash is in the tag, not in a label: a label would add a build step and change
+/// the image whenever the content does, which the tag already says.)
+fn labels(git: Option<&tag::GitState>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    if let SourceIdentity::Git(git) = identity {
+    if let Some(git) = git {
         labels.insert(
             "org.opencontainers.image.revision".into(),
             git.commit.clone(),
