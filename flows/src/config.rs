@@ -93,12 +93,28 @@ pub struct RunArgs {
     /// Retries for the price API after the first attempt (exponential backoff with jitter).
     #[arg(long, env = "SOURCE_RETRIES", default_value_t = 3)]
     pub source_retries: u32,
+    /// Largest price API reply read, in bytes; a larger one fails the run unread (or as soon
+    /// as the stream passes it), so memory stays flat whatever the source sends.
+    #[arg(long, env = "SOURCE_MAX_BYTES", default_value_t = crate::body::SOURCE_DEFAULT)]
+    pub source_max_bytes: usize,
     /// On SIGTERM, how long the in-flight iteration may take before it is cancelled.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20.0)]
     pub shutdown_grace_seconds: f64,
-    /// How long to keep delivering queued reports to Prefect at shutdown.
+    /// At shutdown, time given to deliver held reports to Prefect; more when what is held
+    /// needs more (sized from Prefect's recent latency), never past STOP_TIMEOUT_SECONDS.
     #[arg(long, env = "REPORT_FLUSH_SECONDS", default_value_t = 5.0)]
     pub report_flush_seconds: f64,
+    /// The container's stop timeout (ECS `stopTimeout`, the deployer's `stop_timeout`, 30 s
+    /// by default): SIGKILL follows SIGTERM after it, so the shutdown flush ends 2 s before.
+    #[arg(long, env = "STOP_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub stop_timeout_seconds: f64,
+    /// Reports (flow runs, task runs, log lines) held while Prefect is unreachable; past it the
+    /// oldest are dropped, counted and logged.
+    #[arg(long, env = "REPORT_HOLD", default_value_t = 20_000)]
+    pub report_hold: usize,
+    /// Bytes of reports held while Prefect is unreachable (same policy as REPORT_HOLD).
+    #[arg(long, env = "REPORT_HOLD_BYTES", default_value_t = 16 << 20)]
+    pub report_hold_bytes: usize,
     /// Bound of the Prefect report queue; reports beyond it are dropped and counted.
     #[arg(long, env = "REPORT_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub report_queue_capacity: usize,
@@ -156,6 +172,7 @@ pub struct PrefectSettings {
     pub flow_name: String,
     pub queue_capacity: usize,
     pub flush: Duration,
+    pub hold: crate::report::HoldBound,
 }
 
 #[derive(Debug, Clone)]
@@ -172,12 +189,14 @@ pub struct Config {
     pub source: SourceKind,
     pub source_timeout: Duration,
     pub source_retries: u32,
+    pub source_max_bytes: usize,
     pub sink: SinkKind,
     pub interval: Duration,
     pub iterations: Option<u64>,
     pub prefect: Option<PrefectSettings>,
     pub alert: AlertSettings,
     pub shutdown_grace: Duration,
+    pub stop_timeout: Duration,
     pub health_file: PathBuf,
     pub replay: Option<Uuid>,
     /// Single-consumer lease (only with Prefect, and never for a one-off replay).
@@ -200,6 +219,8 @@ pub enum ConfigError {
     Threshold(f64),
     #[error("REPORT_QUEUE_CAPACITY must be at least 1")]
     Queue,
+    #[error("{0} must be at least 1")]
+    AtLeastOne(&'static str),
 }
 
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
@@ -268,12 +289,24 @@ impl Config {
                 if args.report_queue_capacity == 0 {
                     return Err(ConfigError::Queue);
                 }
+                for (name, v) in [
+                    ("REPORT_HOLD", args.report_hold),
+                    ("REPORT_HOLD_BYTES", args.report_hold_bytes),
+                ] {
+                    if v == 0 {
+                        return Err(ConfigError::AtLeastOne(name));
+                    }
+                }
                 Some(PrefectSettings {
                     api_url: url.trim_end_matches('/').to_string(),
                     api_key: non_empty(args.prefect_api_key).map(Secret),
                     flow_name: args.flow_name,
                     queue_capacity: args.report_queue_capacity,
                     flush: seconds("REPORT_FLUSH_SECONDS", args.report_flush_seconds)?,
+                    hold: crate::report::HoldBound {
+                        reports: args.report_hold,
+                        bytes: args.report_hold_bytes,
+                    },
                 })
             }
         };
@@ -295,6 +328,10 @@ impl Config {
             source: parse_source(&args.source_url)?,
             source_timeout: seconds("SOURCE_TIMEOUT_SECONDS", args.source_timeout_seconds)?,
             source_retries: args.source_retries,
+            source_max_bytes: match args.source_max_bytes {
+                0 => return Err(ConfigError::AtLeastOne("SOURCE_MAX_BYTES")),
+                n => n,
+            },
             sink: parse_sink(&args.sink_url)?,
             interval: seconds("INTERVAL_SECONDS", args.interval_seconds)?,
             iterations: args.iterations,
@@ -307,6 +344,7 @@ impl Config {
                 slack_webhook,
             },
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", args.shutdown_grace_seconds)?,
+            stop_timeout: seconds("STOP_TIMEOUT_SECONDS", args.stop_timeout_seconds)?,
             health_file: args.health_file,
             leader_lease,
             replay: args.replay,

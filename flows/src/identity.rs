@@ -105,16 +105,17 @@ async fn ecs_metadata(uri: &str) -> Option<(TaskMetadata, Option<String>)> {
         .timeout(Duration::from_secs(2))
         .build()
         .ok()?;
-    let task: TaskMetadata = http
-        .get(format!("{}/task", uri.trim_end_matches('/')))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let task: TaskMetadata = crate::body::json_capped(
+        http.get(format!("{}/task", uri.trim_end_matches('/')))
+            .send()
+            .await
+            .ok()?,
+        crate::body::SMALL,
+    )
+    .await
+    .ok()?;
     let container: Option<ContainerMetadata> = match http.get(uri).send().await {
-        Ok(r) => r.json().await.ok(),
+        Ok(r) => crate::body::json_capped(r, crate::body::SMALL).await.ok(),
         Err(_) => None,
     };
     Some((task, container.and_then(|c| c.image_id)))

@@ -1,11 +1,13 @@
 //! price-stream: streaming price ETL, one Prefect flow run per iteration.
 
 mod alert;
+mod body;
 mod config;
 mod identity;
 mod lease;
 mod logs;
 mod prefect;
+mod report;
 mod runner;
 mod sink;
 mod source;
@@ -19,11 +21,14 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use config::{Cli, Command, Config};
-use prefect::Reporter;
+use report::Reporter;
 use runner::Runner;
 
 /// At shutdown, how long reports may take to land before the lease is handed over anyway.
 const HANDOFF_FLUSH: Duration = Duration::from_secs(2);
+
+/// When SIGTERM/SIGINT arrived (the stop timeout runs from there).
+static SHUTDOWN_AT: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
 
 /// Floor for the health check window, so slow sources with retries are not reported dead.
 const HEALTH_MIN_SECONDS: u64 = 60;
@@ -87,6 +92,7 @@ async fn run(cfg: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let flush = cfg.prefect.as_ref().map_or(Duration::ZERO, |p| p.flush);
+    let stop_timeout = cfg.stop_timeout;
     let flow_name = cfg
         .prefect
         .as_ref()
@@ -124,6 +130,14 @@ async fn run(cfg: Config) -> ExitCode {
     // Prefect's timeline; but a slow Prefect must not stall the stream: after
     // HANDOFF_FLUSH the lease is released anyway and delivery goes on until the deadline.
     reporter.close();
+    // What is left before the SIGKILL that follows a SIGTERM by the stop timeout (2 s kept
+    // for the lease release and the last log lines).
+    let budget = SHUTDOWN_AT.get().map(|at| {
+        stop_timeout
+            .saturating_sub(at.elapsed())
+            .saturating_sub(Duration::from_secs(2))
+    });
+    let flush = reporter.flush_deadline(flush, budget);
     let deadline = tokio::time::Instant::now() + flush;
     let mut worker = worker;
     if let Some(w) = worker.as_mut() {
@@ -139,9 +153,10 @@ async fn run(cfg: Config) -> ExitCode {
         let n = reporter.abandon_pending();
         logs::warn(
             "prefect flush deadline reached; undelivered reports dropped",
-            json!({ "dropped": n }),
+            json!({ "dropped": n, "flush_deadline_s": flush.as_secs_f64() }),
         );
     }
+    let stats = reporter.stats();
     logs::info(
         "price-stream stopped",
         json!({
@@ -149,8 +164,12 @@ async fn run(cfg: Config) -> ExitCode {
             "completed": summary.completed,
             "failed": summary.failed,
             "cancelled": summary.cancelled,
-            "prefect_requests": reporter.requests(),
-            "reports_dropped": reporter.dropped(),
+            "prefect_requests": stats.requests,
+            "reports_delivered": stats.delivered,
+            "reports_dropped": stats.dropped,
+            "reports_held_peak": stats.peak_held_reports,
+            "reports_held_peak_bytes": stats.peak_held_bytes,
+            "peak_rss_kib": body::peak_rss_kib(),
         }),
     );
     ExitCode::SUCCESS
@@ -166,6 +185,7 @@ fn spawn_signal_handler(tx: watch::Sender<bool>) -> std::io::Result<()> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        let _ = SHUTDOWN_AT.set(tokio::time::Instant::now());
         logs::info(
             "shutdown requested; finishing the in-flight iteration",
             json!({ "signal": name }),

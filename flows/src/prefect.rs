@@ -1,34 +1,17 @@
-//! Prefect over REST, off the data path.
-//!
-//! Per flow run the reporter sends 2 requests (create RUNNING, final state). Task runs travel
-//! as `prefect.task-run.*` events (what the Python SDK does; the server's task run recorder
-//! turns them into task runs with the client's start/end times) and logs go to `/logs/`;
-//! both are batched across iterations, so they add well under one request per iteration.
+//! Prefect over REST: the client, its retries and the calls the flow makes. What is reported
+//! when, and how it survives outages, is src/report.rs.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::config::{PrefectSettings, Secret};
-use crate::logs::{self, Level};
+use crate::config::Secret;
+use crate::logs;
 use crate::source::backoff;
 
-const TASK_KEY_PREFIX: &str = "price_stream";
-/// Bulk items (task events, logs) wait at most this long before they are sent.
-const BULK_LINGER: Duration = Duration::from_secs(3);
-const BULK_MAX: usize = 200;
-/// Bulk items kept while Prefect is down; beyond this they are dropped (and counted).
-const BULK_HOLD_MAX: usize = 2_000;
-/// Iterations kept waiting for their flow run while Prefect is down; the oldest go first.
-const MAX_PENDING_RUNS: usize = 1_000;
 /// The SQLite-backed server answers 503 in bursts under write load; ride them out.
 const ATTEMPTS: u32 = 6;
 
@@ -82,6 +65,8 @@ pub struct PrefectClient {
     base: String,
     api_key: Option<Secret>,
     requests: AtomicU64,
+    /// Moving average of answered requests' latency, microseconds (sizes the shutdown flush).
+    latency_us: AtomicU64,
 }
 
 impl PrefectClient {
@@ -97,7 +82,20 @@ impl PrefectClient {
             base: base.trim_end_matches('/').to_string(),
             api_key,
             requests: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
         }
+    }
+
+    /// Recent latency of answered requests (zero before the first).
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    fn observe_latency(&self, took: Duration) {
+        let took = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { took } else { (old * 7 + took) / 8 };
+        self.latency_us.store(new, Ordering::Relaxed);
     }
 
     /// HTTP requests actually sent, retries included.
@@ -140,7 +138,11 @@ impl PrefectClient {
                     .body(b.clone());
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = std::time::Instant::now();
             let outcome = req.send().await;
+            if outcome.is_ok() {
+                self.observe_latency(sent.elapsed());
+            }
             let retryable = match &outcome {
                 Ok(r) => matches!(r.status().as_u16(), 429 | 502 | 503),
                 Err(e) => e.is_connect() || e.is_timeout() || e.is_request(),
@@ -158,10 +160,12 @@ impl PrefectClient {
             // without_url: a Cloud URL names the account; the key is a header and never printed.
             let resp = outcome.map_err(|e| PrefectError::Transport(logs::http_error(e)))?;
             let status = resp.status();
-            let text = resp
-                .text()
+            let text = crate::body::text_capped(resp, crate::body::PREFECT)
                 .await
-                .map_err(|e| PrefectError::Transport(logs::http_error(e)))?;
+                .map_err(|e| match e {
+                    crate::body::BodyError::Transport(t) => PrefectError::Transport(t),
+                    too_large => PrefectError::Body(format!("{method} {path}: {too_large}")),
+                })?;
             if status.is_success() || status == StatusCode::NOT_FOUND {
                 let value = if text.is_empty() {
                     Value::Null
@@ -234,16 +238,29 @@ impl PrefectClient {
             .map(str::to_string))
     }
 
-    pub async fn post_events(&self, events: &[String]) -> Result<(), PrefectError> {
-        self.call_raw(Method::POST, "/events", Some(json_array(events)))
+    /// Task-run events: `body` is a JSON array already serialised.
+    pub async fn post_events(&self, body: String) -> Result<(), PrefectError> {
+        self.call_raw(Method::POST, "/events", Some(body))
             .await
             .map(|_| ())
     }
 
-    pub async fn post_logs(&self, logs: &[String]) -> Result<(), PrefectError> {
-        self.call_raw(Method::POST, "/logs/", Some(json_array(logs)))
+    /// Log entries: `body` is a JSON array already serialised.
+    pub async fn post_logs(&self, body: String) -> Result<(), PrefectError> {
+        self.call_raw(Method::POST, "/logs/", Some(body))
             .await
             .map(|_| ())
+    }
+
+    /// Merge `labels` into a flow run's labels.
+    pub async fn patch_labels(&self, id: Uuid, labels: &Value) -> Result<(), PrefectError> {
+        self.call(
+            Method::PATCH,
+            &format!("/flow_runs/{id}/labels"),
+            Some(labels),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// A Variable's value (any JSON), None when it does not exist.
@@ -409,20 +426,6 @@ impl PrefectClient {
     }
 }
 
-/// `[a,b,...]` from serialised JSON values.
-fn json_array(items: &[String]) -> String {
-    let mut out = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
-    out.push('[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(item);
-    }
-    out.push(']');
-    out
-}
-
 /// Percent-encodes a path segment.
 fn encode(s: &str) -> String {
     s.bytes()
@@ -436,693 +439,9 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// A finished (or cancelled) task run, as the runner saw it.
-#[derive(Debug, Clone)]
-pub struct TaskRecord {
-    pub id: Uuid,
-    pub run_id: Uuid,
-    pub task: &'static str,
-    pub iteration: u64,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub state: RunState,
-    pub message: String,
-    pub upstream: Option<Uuid>,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogRecord {
-    pub run_id: Uuid,
-    pub task_run_id: Option<Uuid>,
-    pub level: Level,
-    pub message: String,
-    pub at: DateTime<Utc>,
-}
-
-#[derive(Debug)]
-pub enum Report {
-    RunStarted {
-        run_id: Uuid,
-        iteration: u64,
-        started: DateTime<Utc>,
-        replay_of: Option<Uuid>,
-    },
-    Task(TaskRecord),
-    Log(LogRecord),
-    RunFinished {
-        run_id: Uuid,
-        state: RunState,
-        message: String,
-    },
-}
-
-/// Handle the data path holds: never blocks, drops (and counts) when the queue is full.
-#[derive(Clone)]
-pub struct Reporter {
-    tx: Option<mpsc::Sender<Report>>,
-    shared: Arc<Shared>,
-}
-
-pub struct Shared {
-    pub client: Option<Arc<PrefectClient>>,
-    /// run id (ours) -> flow run id (Prefect's), for runs created and not yet finished.
-    pub flow_runs: Mutex<HashMap<Uuid, Uuid>>,
-    pub dropped: AtomicU64,
-    pub delivered: AtomicU64,
-    /// Reports queued, and reports delivered or dropped: the gap is what is still in flight.
-    accepted: AtomicU64,
-    settled: AtomicU64,
-}
-
-impl Reporter {
-    /// A reporter that reports nothing (no PREFECT_API_URL).
-    pub fn disabled() -> Self {
-        Reporter {
-            tx: None,
-            shared: Arc::new(Shared {
-                client: None,
-                flow_runs: Mutex::new(HashMap::new()),
-                dropped: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
-                accepted: AtomicU64::new(0),
-                settled: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// Start the reporting worker; every flow run carries `identity` (tags and a parameter).
-    pub fn start(
-        settings: &PrefectSettings,
-        identity: &crate::identity::Identity,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let client = Arc::new(PrefectClient::new(
-            &settings.api_url,
-            settings.api_key.clone(),
-            Duration::from_secs(5),
-        ));
-        let shared = Arc::new(Shared {
-            client: Some(client.clone()),
-            flow_runs: Mutex::new(HashMap::new()),
-            dropped: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            settled: AtomicU64::new(0),
-        });
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let worker = Worker {
-            client,
-            shared: shared.clone(),
-            flow_name: settings.flow_name.clone(),
-            tags: std::iter::once(settings.flow_name.clone())
-                .chain(identity.tags())
-                .collect(),
-            deployment: identity.parameter(),
-            flow_id: None,
-            down_until: None,
-            failures: 0,
-            events: Vec::new(),
-            logs: Vec::new(),
-            bulk_since: None,
-            pending: VecDeque::new(),
-            unfinished: HashMap::new(),
-        };
-        let handle = tokio::spawn(worker.run(rx));
-        (
-            Reporter {
-                tx: Some(tx),
-                shared,
-            },
-            handle,
-        )
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
-    pub fn client(&self) -> Option<Arc<PrefectClient>> {
-        self.shared.client.clone()
-    }
-
-    pub fn send(&self, report: Report) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(report) {
-            Ok(()) => {
-                self.shared.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => self.drop_rejected(e),
-        }
-    }
-
-    fn drop_rejected(&self, e: mpsc::error::TrySendError<Report>) {
-        {
-            let kind = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "reporter stopped",
-            };
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            self.shared.warn_drop(1, kind);
-        }
-    }
-
-    /// Counts reports still queued or buffered as dropped (after the flush deadline).
-    pub fn abandon_pending(&self) -> u64 {
-        let accepted = self.shared.accepted.load(Ordering::Relaxed);
-        let settled = self.shared.settled.load(Ordering::Relaxed);
-        let n = accepted.saturating_sub(settled);
-        if n > 0 {
-            self.shared.settle(n);
-            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
-        }
-        n
-    }
-
-    pub fn flow_run_id(&self, run_id: Uuid) -> Option<Uuid> {
-        self.shared.flow_run(run_id)
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.shared.client.as_ref().map_or(0, |c| c.requests())
-    }
-
-    /// Closes the queue; the worker then delivers what is left and ends.
-    pub fn close(&mut self) {
-        self.tx = None;
-    }
-}
-
-impl Shared {
-    /// Our run id -> Prefect flow run id. A panic elsewhere must not stop reporting, so a
-    /// poisoned lock is used as is (the map holds plain ids).
-    fn flow_runs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Uuid>> {
-        self.flow_runs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn flow_run(&self, run_id: Uuid) -> Option<Uuid> {
-        self.flow_runs().get(&run_id).copied()
-    }
-
-    fn settle(&self, n: u64) {
-        self.settled.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Drops `n` accepted reports.
-    fn count_drop(&self, n: u64, reason: &str) {
-        self.settle(n);
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-        self.warn_drop(n, reason);
-    }
-
-    fn warn_drop(&self, n: u64, reason: &str) {
-        let before = self.dropped.load(Ordering::Relaxed).saturating_sub(n);
-        // Log the first drop and then every 100th so an outage does not flood the log.
-        if before == 0 || (before / 100) != (before + n) / 100 {
-            logs::warn(
-                "prefect reports dropped",
-                json!({ "reason": reason, "dropped_total": before + n }),
-            );
-        }
-    }
-}
-
-struct Worker {
-    client: Arc<PrefectClient>,
-    shared: Arc<Shared>,
-    flow_name: String,
-    /// The flow name and the deployment identity (src/identity.rs) as Prefect tags.
-    tags: Vec<String>,
-    /// The `deployment` parameter of every flow run.
-    deployment: Value,
-    flow_id: Option<Uuid>,
-    /// After a failed request nothing is sent before this instant (reports wait meanwhile).
-    down_until: Option<Instant>,
-    failures: u32,
-    /// Serialised task-run events and log entries waiting for the next bulk request.
-    events: Vec<String>,
-    logs: Vec<String>,
-    bulk_since: Option<Instant>,
-    /// Iterations whose flow run is not created yet (Prefect slow or down): their reports are
-    /// kept here, oldest first, and delivered once the run exists (deferred, not lost).
-    pending: VecDeque<PendingRun>,
-    /// Flow runs created on the server whose final state is not yet delivered. Retried until
-    /// delivered so that no run stays RUNNING after an outage.
-    unfinished: HashMap<Uuid, (RunState, String)>,
-}
-
-/// An iteration waiting for its flow run to be created.
-struct PendingRun {
-    run_id: Uuid,
-    iteration: u64,
-    started: DateTime<Utc>,
-    replay_of: Option<Uuid>,
-    tasks: Vec<TaskRecord>,
-    logs: Vec<LogRecord>,
-    finished: Option<(RunState, String)>,
-}
-
-impl PendingRun {
-    /// Reports held here that are not yet settled (the start and its task runs and logs).
-    fn reports(&self) -> u64 {
-        1 + (self.tasks.len() + self.logs.len()) as u64
-    }
-}
-
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Report>) {
-        loop {
-            let msg = tokio::select! {
-                m = rx.recv() => m,
-                _ = sleep_until_opt(self.next_wake()) => {
-                    self.deliver().await;
-                    continue;
-                }
-            };
-            let Some(msg) = msg else { break };
-            self.handle(msg).await;
-            if self.events.len() + self.logs.len() >= BULK_MAX {
-                self.flush_bulk().await;
-            }
-        }
-        // Queue closed: keep delivering until everything is out; the caller bounds this with
-        // the flush deadline (REPORT_FLUSH_SECONDS) and counts what is left as dropped.
-        loop {
-            self.down_until = None;
-            self.deliver().await;
-            if self.idle() {
-                break;
-            }
-            let pause = backoff(
-                self.failures.saturating_sub(1),
-                Duration::from_millis(200),
-                Duration::from_secs(2),
-            );
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    fn idle(&self) -> bool {
-        self.pending.is_empty()
-            && self.unfinished.is_empty()
-            && self.events.is_empty()
-            && self.logs.is_empty()
-    }
-
-    /// When the loop must wake without a new report: bulk linger expiry, or the end of a
-    /// back-off pause while something waits for delivery.
-    fn next_wake(&self) -> Option<Instant> {
-        let linger = self.bulk_since.map(|t| t + BULK_LINGER);
-        let retry = if self.pending.is_empty() && self.unfinished.is_empty() {
-            None
-        } else {
-            Some(
-                self.down_until
-                    .unwrap_or_else(|| Instant::now() + Duration::from_millis(500)),
-            )
-        };
-        match (linger, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Everything waiting: flow runs to create, bulk items, final states.
-    async fn deliver(&mut self) {
-        self.create_pending().await;
-        self.flush_bulk().await;
-    }
-
-    fn is_down(&self) -> bool {
-        self.down_until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn mark(&mut self, result: Result<(), &PrefectError>) {
-        match result {
-            Ok(()) => {
-                if self.failures > 0 {
-                    logs::info("prefect reachable again", json!({}));
-                }
-                self.failures = 0;
-                self.down_until = None;
-            }
-            Err(e) => {
-                if self.failures == 0 {
-                    logs::warn(
-                        "prefect reporting failing; data path unaffected, reports deferred",
-                        json!({ "error": e.to_string() }),
-                    );
-                }
-                let pause = backoff(
-                    self.failures,
-                    Duration::from_secs(1),
-                    Duration::from_secs(30),
-                );
-                self.failures += 1;
-                self.down_until = Some(Instant::now() + pause);
-            }
-        }
-    }
-
-    async fn handle(&mut self, msg: Report) {
-        match msg {
-            Report::RunStarted {
-                run_id,
-                iteration,
-                started,
-                replay_of,
-            } => {
-                self.pending.push_back(PendingRun {
-                    run_id,
-                    iteration,
-                    started,
-                    replay_of,
-                    tasks: Vec::new(),
-                    logs: Vec::new(),
-                    finished: None,
-                });
-                if self.pending.len() > MAX_PENDING_RUNS
-                    && let Some(old) = self.pending.pop_front()
-                {
-                    self.shared
-                        .count_drop(old.reports(), "prefect unavailable; oldest deferred run");
-                }
-                self.create_pending().await;
-                if !self.is_down() {
-                    self.retry_unfinished().await;
-                }
-            }
-            Report::Task(t) => match self.shared.flow_run(t.run_id) {
-                Some(fr) => {
-                    self.events
-                        .extend(task_events(&t, fr).iter().map(Value::to_string));
-                    self.bulk_since.get_or_insert_with(Instant::now);
-                }
-                None => match self.pending.iter_mut().find(|p| p.run_id == t.run_id) {
-                    Some(p) => p.tasks.push(t),
-                    None => self
-                        .shared
-                        .count_drop(1, "task run of an unreported flow run"),
-                },
-            },
-            Report::Log(l) => match self.shared.flow_run(l.run_id) {
-                Some(fr) => self.push_log(&l, fr),
-                None => match self.pending.iter_mut().find(|p| p.run_id == l.run_id) {
-                    Some(p) => p.logs.push(l),
-                    None => self.shared.count_drop(1, "log of an unreported flow run"),
-                },
-            },
-            Report::RunFinished {
-                run_id,
-                state,
-                message,
-            } => {
-                self.shared.settle(1);
-                let fr = self.shared.flow_runs().remove(&run_id);
-                if let Some(fr) = fr {
-                    self.unfinished.insert(fr, (state, message));
-                    if !self.is_down() {
-                        self.finish(fr).await;
-                    }
-                } else if let Some(p) = self.pending.iter_mut().find(|p| p.run_id == run_id) {
-                    p.finished = Some((state, message));
-                }
-            }
-        }
-    }
-
-    fn push_log(&mut self, l: &LogRecord, fr: Uuid) {
-        self.logs.push(
-            json!({
-                "name": "price_stream",
-                "level": l.level as u8,
-                "message": l.message,
-                "timestamp": logs::timestamp(l.at),
-                "flow_run_id": fr,
-                "task_run_id": l.task_run_id,
-            })
-            .to_string(),
-        );
-        self.bulk_since.get_or_insert_with(Instant::now);
-    }
-
-    /// Creates the flow runs of waiting iterations, oldest first, until one fails.
-    async fn create_pending(&mut self) {
-        while !self.is_down() {
-            let Some(p) = self.pending.front() else { break };
-            if self.flow_id.is_none() {
-                match self.client.ensure_flow(&self.flow_name).await {
-                    Ok(id) => self.flow_id = Some(id),
-                    Err(e) => {
-                        self.mark(Err(&e));
-                        break;
-                    }
-                }
-            }
-            let (run_id, iteration) = (p.run_id, p.iteration);
-            let mut parameters =
-                json!({ "run_id": run_id, "iteration": iteration, "deployment": self.deployment });
-            if let Some(r) = p.replay_of {
-                parameters["replay_of"] = json!(r);
-            }
-            let body = json!({
-                "flow_id": self.flow_id,
-                "name": format!("{}-{iteration}-{}", self.flow_name, &run_id.simple().to_string()[..8]),
-                "parameters": parameters,
-                "tags": self.tags,
-                // Our run id: a retried create returns the same flow run instead of a second one.
-                "idempotency_key": run_id.to_string(),
-                "state": { "type": "RUNNING", "name": "Running",
-                           "message": format!("started {}", logs::timestamp(p.started)) },
-            });
-            match self.client.create_flow_run(&body).await {
-                Ok(fr) => {
-                    self.mark(Ok(()));
-                    let Some(p) = self.pending.pop_front() else {
-                        break;
-                    };
-                    self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.shared.settle(1);
-                    for t in &p.tasks {
-                        self.events
-                            .extend(task_events(t, fr).iter().map(Value::to_string));
-                        self.bulk_since.get_or_insert_with(Instant::now);
-                    }
-                    for l in &p.logs {
-                        self.push_log(l, fr);
-                    }
-                    match p.finished {
-                        Some(fin) => {
-                            self.unfinished.insert(fr, fin);
-                        }
-                        None => {
-                            self.shared.flow_runs().insert(run_id, fr);
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.mark(Err(&e));
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Delivers a final state. A run cancelled from the UI is CANCELLING; Prefect rejects
-    /// every other target then, so we complete the cancellation instead.
-    async fn finish(&mut self, fr: Uuid) {
-        let Some((state, message)) = self.unfinished.get(&fr).cloned() else {
-            return;
-        };
-        let mut result = self
-            .client
-            .set_flow_run_state(fr, state.type_name(), &message)
-            .await;
-        if let Ok(s) = &result
-            && !s.accepted
-            && matches!(s.current_type.as_deref(), Some("CANCELLING"))
-        {
-            result = self
-                .client
-                .set_flow_run_state(fr, "CANCELLED", "cancelled from Prefect")
-                .await;
-        }
-        match result {
-            Ok(_) => {
-                self.mark(Ok(()));
-                self.unfinished.remove(&fr);
-            }
-            Err(e) => self.mark(Err(&e)),
-        }
-    }
-
-    async fn retry_unfinished(&mut self) {
-        let pending: Vec<Uuid> = self.unfinished.keys().copied().collect();
-        for fr in pending {
-            if self.is_down() {
-                return;
-            }
-            self.finish(fr).await;
-        }
-    }
-
-    async fn flush_bulk(&mut self) {
-        if self.is_down() {
-            // Deferred; bounded so a long outage cannot grow memory without limit.
-            let held = self.events.len() / 2 + self.logs.len();
-            if held > BULK_HOLD_MAX {
-                self.events.clear();
-                self.logs.clear();
-                self.bulk_since = None;
-                self.shared
-                    .count_drop(held as u64, "prefect unavailable; buffered reports");
-            }
-            return;
-        }
-        self.bulk_since = None;
-        for (items, is_events) in [
-            (std::mem::take(&mut self.events), true),
-            (std::mem::take(&mut self.logs), false),
-        ] {
-            let per_report = if is_events { 2 } else { 1 };
-            for chunk in items.chunks(BULK_MAX) {
-                let reports = (chunk.len() / per_report) as u64;
-                if self.is_down() {
-                    self.shared
-                        .count_drop(reports, "prefect unavailable; bulk report");
-                    continue;
-                }
-                let r = if is_events {
-                    self.client.post_events(chunk).await
-                } else {
-                    self.client.post_logs(chunk).await
-                };
-                match r {
-                    Ok(()) => {
-                        self.mark(Ok(()));
-                        self.shared.delivered.fetch_add(reports, Ordering::Relaxed);
-                        self.shared.settle(reports);
-                    }
-                    Err(e) => {
-                        self.mark(Err(&e));
-                        self.shared.count_drop(reports, "bulk report failed");
-                    }
-                }
-            }
-        }
-        self.retry_unfinished().await;
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Two `prefect.task-run.*` events (Running at start, final state at end), shaped like the
-/// ones the Python SDK emits, so the server records the task run with our times.
-pub fn task_events(t: &TaskRecord, flow_run_id: Uuid) -> Vec<Value> {
-    let name = format!("{}-{}", t.task, t.iteration);
-    let task_key = format!("{TASK_KEY_PREFIX}.{}", t.task);
-    let inputs = match t.upstream {
-        Some(up) => json!({ "upstream": [{ "input_type": "task_run", "id": up }] }),
-        None => json!({}),
-    };
-    let run_seconds = (t.end - t.start).num_microseconds().unwrap_or(0) as f64 / 1e6;
-    let running = ("RUNNING", "Running", t.start, String::new());
-    let last = (
-        t.state.type_name(),
-        t.state.display_name(),
-        t.end,
-        t.message.clone(),
-    );
-    let mut out = Vec::with_capacity(2);
-    let mut previous: Option<(&str, &str)> = None;
-    for (i, (ty, state_name, at, message)) in [running, last].into_iter().enumerate() {
-        let done = i == 1;
-        let mut task_run = json!({
-            "name": name,
-            "task_key": task_key,
-            "dynamic_key": t.iteration.to_string(),
-            "task_inputs": inputs,
-            "tags": [],
-            "run_count": 1,
-            "flow_run_run_count": 1,
-            "start_time": logs::timestamp(t.start),
-            "total_run_time": if done { run_seconds } else { 0.0 },
-        });
-        if done {
-            task_run["end_time"] = json!(logs::timestamp(t.end));
-        }
-        out.push(json!({
-            "id": Uuid::new_v4(),
-            "occurred": logs::timestamp(at),
-            "event": format!("prefect.task-run.{state_name}"),
-            "resource": {
-                "prefect.resource.id": format!("prefect.task-run.{}", t.id),
-                "prefect.resource.name": name,
-                "prefect.run-count": "1",
-                "prefect.state-message": message,
-                "prefect.state-name": state_name,
-                "prefect.state-timestamp": logs::timestamp(at),
-                "prefect.state-type": ty,
-                "prefect.orchestration": "client",
-            },
-            "related": [{
-                "prefect.resource.id": format!("prefect.flow-run.{flow_run_id}"),
-                "prefect.resource.role": "flow-run",
-            }],
-            "payload": {
-                "intended": { "from": previous.map(|p| p.0), "to": ty },
-                "initial_state": previous.map(|(pt, pn)| json!({ "type": pt, "name": pn, "message": "" })),
-                "validated_state": { "type": ty, "name": state_name, "message": message,
-                                     "state_details": {}, "data": null },
-                "task_run": task_run,
-            },
-        }));
-        previous = Some((ty, state_name));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn task_events_carry_edges_and_times() {
-        let up = Uuid::new_v4();
-        let t = TaskRecord {
-            id: Uuid::new_v4(),
-            run_id: Uuid::new_v4(),
-            task: "transform",
-            iteration: 4,
-            start: Utc::now(),
-            end: Utc::now(),
-            state: RunState::Failed,
-            message: "boom".into(),
-            upstream: Some(up),
-        };
-        let fr = Uuid::new_v4();
-        let ev = task_events(&t, fr);
-        assert_eq!(ev.len(), 2);
-        assert_eq!(ev[0]["event"], "prefect.task-run.Running");
-        assert_eq!(ev[1]["event"], "prefect.task-run.Failed");
-        assert_eq!(ev[1]["payload"]["validated_state"]["message"], "boom");
-        assert_eq!(
-            ev[1]["payload"]["task_run"]["task_inputs"]["upstream"][0]["id"],
-            json!(up)
-        );
-        assert_eq!(
-            ev[0]["related"][0]["prefect.resource.id"],
-            format!("prefect.flow-run.{fr}")
-        );
-        assert!(ev[0]["payload"]["task_run"].get("end_time").is_none());
-    }
 
     #[test]
     fn names_are_path_encoded() {

@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::lease::{Lease, Standing};
 use crate::logs::{self, Level};
-use crate::prefect::{LogRecord, Report, Reporter, RunState, TaskRecord};
+use crate::prefect::RunState;
+use crate::report::{LogRecord, Report, Reporter, TaskRecord};
 use crate::sink::Sink;
 use crate::source::{self, PriceSource};
 use crate::transform::{self, PriceRow};
@@ -199,7 +200,12 @@ impl Runner {
         identity: &Identity,
         lease: Option<Arc<Lease>>,
     ) -> Self {
-        let source = source::build(&cfg.source, cfg.source_timeout, cfg.source_retries);
+        let source = source::build(
+            &cfg.source,
+            cfg.source_timeout,
+            cfg.source_retries,
+            cfg.source_max_bytes,
+        );
         let sink = Sink::new(&cfg.sink).await;
         let slack = cfg.alert.slack_webhook.clone().map(Slack::new);
         Runner {
@@ -345,6 +351,7 @@ impl Runner {
             run_id,
             state,
             message,
+            ended: Utc::now(),
         });
         state
     }

@@ -203,10 +203,9 @@ impl S3Sink {
                 resp.status().as_u16()
             ));
         }
-        let v: serde_json::Value = resp
-            .json()
+        let v: serde_json::Value = crate::body::json_capped(resp, crate::body::SMALL)
             .await
-            .map_err(|e| format!("container credentials: {}", crate::logs::http_error(e)))?;
+            .map_err(|e| format!("container credentials: {e}"))?;
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
         let key = field("AccessKeyId").ok_or("container credentials lack AccessKeyId")?;
         let secret =
@@ -245,7 +244,9 @@ impl S3Sink {
             .map_err(|e| self.fail(&key, crate::logs::http_error(e)))?;
         let status = resp.status();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
+            let text = crate::body::text_capped(resp, crate::body::SMALL)
+                .await
+                .unwrap_or_default();
             let code = xml_tag(&text, "Code").unwrap_or("no error code");
             let msg = xml_tag(&text, "Message").unwrap_or("");
             return Err(self.fail(

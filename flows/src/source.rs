@@ -34,6 +34,10 @@ pub enum SourceError {
     #[error("price API returned an error: {0}")]
     Api(String),
     #[error(
+        "price API at {endpoint}: {reason}; raise SOURCE_MAX_BYTES if such replies are expected"
+    )]
+    TooLarge { endpoint: String, reason: String },
+    #[error(
         "malformed price payload: {0} (expected cryptocompare pricemulti JSON like {{\"BTC\":{{\"USD\":91234.5}}}})"
     )]
     Malformed(String),
@@ -45,9 +49,16 @@ pub trait PriceSource: Send + Sync {
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<Quote>, SourceError>>;
 }
 
-pub fn build(kind: &SourceKind, timeout: Duration, retries: u32) -> Box<dyn PriceSource> {
+pub fn build(
+    kind: &SourceKind,
+    timeout: Duration,
+    retries: u32,
+    max_bytes: usize,
+) -> Box<dyn PriceSource> {
     match kind {
-        SourceKind::Http(url) => Box::new(HttpSource::new(url.clone(), timeout, retries)),
+        SourceKind::Http(url) => {
+            Box::new(HttpSource::new(url.clone(), timeout, retries, max_bytes))
+        }
         SourceKind::Simulated => Box::new(SimulatedSource::new()),
     }
 }
@@ -103,10 +114,12 @@ pub struct HttpSource {
     client: reqwest::Client,
     url: reqwest::Url,
     retries: u32,
+    /// Replies above this are refused unread (or as soon as the stream passes it).
+    max_bytes: usize,
 }
 
 impl HttpSource {
-    pub fn new(url: reqwest::Url, timeout: Duration, retries: u32) -> Self {
+    pub fn new(url: reqwest::Url, timeout: Duration, retries: u32, max_bytes: usize) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -117,6 +130,7 @@ impl HttpSource {
             client,
             url,
             retries,
+            max_bytes,
         }
     }
 
@@ -141,10 +155,17 @@ impl HttpSource {
                 })
             });
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Attempt::Retry(crate::logs::http_error(e)))?;
+        let body = match crate::body::read_capped(resp, self.max_bytes).await {
+            Ok(b) => b,
+            Err(crate::body::BodyError::Transport(e)) => return Err(Attempt::Retry(e)),
+            // The same source will send the same oversized reply again: fail the run now.
+            Err(e @ crate::body::BodyError::TooLarge { .. }) => {
+                return Err(Attempt::Fatal(SourceError::TooLarge {
+                    endpoint: redacted_endpoint(&self.url),
+                    reason: e.to_string(),
+                }));
+            }
+        };
         // A malformed payload will not get better by asking again right away.
         parse_pricemulti(&body).map_err(Attempt::Fatal)
     }

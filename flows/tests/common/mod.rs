@@ -618,6 +618,8 @@ pub struct FlakyPrefect {
     pub down: Arc<std::sync::atomic::AtomicBool>,
     pub refused: Arc<std::sync::atomic::AtomicUsize>,
     pub forwarded: Arc<std::sync::atomic::AtomicUsize>,
+    /// Forwarded requests in the order they reached the proxy: (request line, body).
+    pub wire: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl FlakyPrefect {
@@ -634,13 +636,20 @@ impl FlakyPrefect {
         let down = Arc::new(AtomicBool::new(down));
         let refused = Arc::new(AtomicUsize::new(0));
         let forwarded = Arc::new(AtomicUsize::new(0));
-        let (d, r, f) = (down.clone(), refused.clone(), forwarded.clone());
+        let wire = Arc::new(Mutex::new(Vec::new()));
+        let (d, r, f, w) = (
+            down.clone(),
+            refused.clone(),
+            forwarded.clone(),
+            wire.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (d, r, f, hostport) = (d.clone(), r.clone(), f.clone(), hostport.clone());
+                let (d, r, f, w, hostport) =
+                    (d.clone(), r.clone(), f.clone(), w.clone(), hostport.clone());
                 tokio::spawn(async move {
                     let Some((head, body)) = read_request(&mut sock).await else {
                         return;
@@ -657,6 +666,10 @@ impl FlakyPrefect {
                         return;
                     }
                     f.fetch_add(1, Ordering::SeqCst);
+                    w.lock().unwrap().push((
+                        head.lines().next().unwrap_or("").to_string(),
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ));
                     // Same request, but ask the upstream to close so the answer ends at EOF.
                     let mut out = String::new();
                     for (i, line) in head.split("\r\n").enumerate() {
@@ -692,6 +705,7 @@ impl FlakyPrefect {
             down,
             refused,
             forwarded,
+            wire,
         }
     }
 
@@ -733,4 +747,113 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, Vec<u
         buf.extend_from_slice(&chunk[..n]);
     }
     Some((head, buf[header_end..].to_vec()))
+}
+
+// ---------------------------------------------------------------- a source that sends too much
+
+/// What the oversized source stand-in sends next.
+#[derive(Debug, Clone, Copy)]
+pub enum Flood {
+    /// A body of this many bytes with its Content-Length.
+    Sized(u64),
+    /// A chunked body of this many bytes (no length announced), generated as it is sent.
+    Streamed(u64),
+    /// A chunked body that never ends.
+    Endless,
+    /// A normal pricemulti reply.
+    Fine,
+}
+
+/// A price API stand-in that generates its replies as it writes them (nothing stored, so a
+/// 1 GB reply costs the test nothing) and counts the bytes it managed to send.
+pub struct FloodSource {
+    pub url: String,
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FloodSource {
+    pub async fn start(script: Vec<Flood>) -> FloodSource {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mode = script.lock().unwrap().pop_front().unwrap_or(Flood::Fine);
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    if read_request(&mut sock).await.is_none() {
+                        return;
+                    }
+                    let chunk = vec![b' '; 64 * 1024];
+                    let (head, total) = match mode {
+                        Flood::Fine => {
+                            let body = r#"{"BTC":{"USD":91000.5},"ETH":{"USD":3000.25}}"#;
+                            let text = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = sock.write_all(text.as_bytes()).await;
+                            let _ = sock.shutdown().await;
+                            return;
+                        }
+                        Flood::Sized(n) => (
+                            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"),
+                            Some(n),
+                        ),
+                        Flood::Streamed(n) => (
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string(),
+                            Some(n),
+                        ),
+                        Flood::Endless => (
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string(),
+                            None,
+                        ),
+                    };
+                    let chunked = !matches!(mode, Flood::Sized(_));
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut left = total;
+                    loop {
+                        let n = left.map_or(chunk.len() as u64, |l| l.min(chunk.len() as u64));
+                        if n == 0 {
+                            break;
+                        }
+                        let piece = &chunk[..n as usize];
+                        let ok = if chunked {
+                            let mut framed = format!("{n:x}\r\n").into_bytes();
+                            framed.extend_from_slice(piece);
+                            framed.extend_from_slice(b"\r\n");
+                            sock.write_all(&framed).await.is_ok()
+                        } else {
+                            sock.write_all(piece).await.is_ok()
+                        };
+                        if !ok {
+                            return;
+                        }
+                        counter.fetch_add(n, Ordering::Relaxed);
+                        left = left.map(|l| l - n);
+                    }
+                    if chunked {
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                    }
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        FloodSource {
+            url: format!("http://{addr}/data/pricemulti?fsyms=BTC,ETH&tsyms=USD"),
+            sent,
+        }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
