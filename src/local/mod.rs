@@ -579,6 +579,11 @@ pub fn container_env(
             .zip(identity)
             .map(|(k, v)| format!("{k}={v}")),
     );
+    // The bundled flow ends its shutdown flush before the SIGKILL that follows SIGTERM by
+    // this much (its default is ECS's 30 s); the user's own value wins.
+    if !rev.spec.environment.contains_key("STOP_TIMEOUT_SECONDS") {
+        env.push(format!("STOP_TIMEOUT_SECONDS={}", rev.spec.stop_timeout));
+    }
     Ok(env)
 }
 
