@@ -397,7 +397,7 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
     let read_at = std::time::Instant::now();
     for p in &pending {
-        if matches!(secrets::compare(&cl.ssm, p).await?, "created" | "updated") {
+        if secrets::compare(&cl.ssm, p).await?.writes() {
             crate::lock::before_change(read_at).await?;
             break;
         }
@@ -440,9 +440,9 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         // Tasks read secrets at start: a changed value needs new tasks even when the task
         // definition (which holds only the parameter ARN) is unchanged.
         let prefix = format!("/{}/{name}/", c.project);
-        let secrets_changed = secret_outcomes
-            .iter()
-            .any(|o| o.parameter.starts_with(&prefix) && o.action == "updated");
+        let secrets_changed = secret_outcomes.iter().any(|o| {
+            o.parameter.starts_with(&prefix) && o.action == secrets::SecretAction::Updated
+        });
         let shared = &shared;
         async move { deploy_service(ctx, name, &image?, shared, secrets_changed).await }
     });
@@ -473,9 +473,7 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         .iter()
         .all(|a| a.action == ApplyAction::Unchanged)
         && services.iter().all(|s| !s.registered)
-        && secret_outcomes
-            .iter()
-            .all(|s| matches!(s.action, "unchanged" | "kept"))
+        && secret_outcomes.iter().all(|s| !s.action.writes())
         && images.iter().all(|i| i.image.skipped_push);
     Ok(UpReport {
         project: c.project.clone(),
@@ -773,12 +771,28 @@ pub struct PlanReport {
     pub changes: bool,
 }
 
+/// What `up` does with a service's task definition. Serialised (and displayed) lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskDefAction {
+    Register,
+    Unchanged,
+}
+
+impl std::fmt::Display for TaskDefAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskDefAction::Register => "register",
+            TaskDefAction::Unchanged => "unchanged",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskDefPlan {
     pub service: String,
     pub family: String,
-    /// register | unchanged
-    pub action: &'static str,
+    pub action: TaskDefAction,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub differences: Vec<String>,
 }
@@ -853,7 +867,11 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         td_plans.push(TaskDefPlan {
             service: name.clone(),
             family,
-            action: if changed { "register" } else { "unchanged" },
+            action: if changed {
+                TaskDefAction::Register
+            } else {
+                TaskDefAction::Unchanged
+            },
             differences,
         });
         let stack_name = c.stack_name(StackPart::Service(name));
@@ -901,10 +919,10 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         });
     }
     let changes = stack_plans.iter().any(StackPlan::has_changes)
-        || td_plans.iter().any(|t| t.action != "unchanged")
-        || secret_plans
+        || td_plans
             .iter()
-            .any(|s| matches!(s.action, "created" | "updated"));
+            .any(|t| t.action != TaskDefAction::Unchanged)
+        || secret_plans.iter().any(|s| s.action.writes());
     Ok(PlanReport {
         project: c.project.clone(),
         stacks: stack_plans,

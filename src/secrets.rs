@@ -24,8 +24,36 @@ pub struct Pending {
 #[derive(Debug, Clone, Serialize)]
 pub struct SecretOutcome {
     pub parameter: String,
-    /// created | updated | unchanged | kept (not in the environment; stored value kept)
-    pub action: &'static str,
+    pub action: SecretAction,
+}
+
+/// What happens to one secret's SSM parameter. Serialised (and displayed) lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretAction {
+    Created,
+    Updated,
+    Unchanged,
+    /// Not in the environment: the stored value is kept.
+    Kept,
+}
+
+impl SecretAction {
+    /// A write is needed (and new tasks will read the value).
+    pub fn writes(self) -> bool {
+        matches!(self, SecretAction::Created | SecretAction::Updated)
+    }
+}
+
+impl std::fmt::Display for SecretAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecretAction::Created => "created",
+            SecretAction::Updated => "updated",
+            SecretAction::Unchanged => "unchanged",
+            SecretAction::Kept => "kept",
+        })
+    }
 }
 
 /// Read every configured secret from `env` and check the ones it lacks already exist.
@@ -83,9 +111,9 @@ async fn exists(ssm: &aws_sdk_ssm::Client, parameter: &str) -> Result<bool> {
 /// What `apply` would do with one secret, without writing: kept (not in the environment),
 /// unchanged, updated or created. Reading back with decryption is what makes a no-op deploy
 /// free of writes.
-pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<&'static str> {
+pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<SecretAction> {
     let Some(value) = &p.value else {
-        return Ok("kept");
+        return Ok(SecretAction::Kept);
     };
     match ssm
         .get_parameter()
@@ -95,14 +123,14 @@ pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<&'static 
         .await
     {
         Ok(o) => Ok(match o.parameter().and_then(|p| p.value()) {
-            Some(current) if current == value.expose_secret() => "unchanged",
-            _ => "updated",
+            Some(current) if current == value.expose_secret() => SecretAction::Unchanged,
+            _ => SecretAction::Updated,
         }),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_parameter_not_found()) =>
         {
-            Ok("created")
+            Ok(SecretAction::Created)
         }
         Err(e) => Err(Error::failure(format!(
             "read SSM parameter {}: {}",
@@ -123,7 +151,7 @@ pub async fn apply(
     let mut outcomes = Vec::new();
     for p in pending {
         let action = compare(ssm, p).await?;
-        if action == "kept" {
+        if action == SecretAction::Kept {
             ui.detail(format!(
                 "{}: not in the environment; keeping the stored value",
                 p.parameter
@@ -133,7 +161,7 @@ pub async fn apply(
             parameter: p.parameter.clone(),
             action,
         });
-        let (Some(value), "created" | "updated") = (&p.value, action) else {
+        let Some(value) = p.value.as_ref().filter(|_| action.writes()) else {
             continue;
         };
         ssm.put_parameter()

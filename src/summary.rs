@@ -3,6 +3,7 @@
 
 use crate::deploy::{PlanReport, UpReport};
 use crate::destroy::DestroyReport;
+use crate::secrets::SecretAction;
 use crate::stacks::{ApplyAction, StackPlan};
 use crate::status::StatusReport;
 use std::fmt::Write as _;
@@ -167,10 +168,10 @@ pub fn plan_text(r: &PlanReport) -> String {
     }
     for x in &r.secrets {
         let verb = match x.action {
-            "created" => "create",
-            "updated" => "update (new tasks will read it)",
-            "kept" => "keep the stored value (not in the environment)",
-            _ => "no change",
+            SecretAction::Created => "create",
+            SecretAction::Updated => "update (new tasks will read it)",
+            SecretAction::Kept => "keep the stored value (not in the environment)",
+            SecretAction::Unchanged => "no change",
         };
         let _ = writeln!(s, "secret {}: {verb}", x.parameter);
     }
