@@ -17,7 +17,7 @@
 #   flow     (default) no LTO, 16 codegen units, incremental: a one-line change in flows/src
 #            rebuilds in seconds on a warm cache; the image stays well under 20 MB.
 #   release  one codegen unit, thin LTO: the smallest binary, but every change re-runs LTO
-#            over all dependencies (about a minute on 2 cores).
+#            over all dependencies (about 100 s per change on 2 cores).
 set -euo pipefail
 
 out_dir="${1:-${DEPLOYER_CONTEXT:-}}"
