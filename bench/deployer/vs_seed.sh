@@ -68,6 +68,10 @@ cleanup() {
     [ -f "$work/registry-$reg/registry.pid" ] && kill "$(cat "$work/registry-$reg/registry.pid")" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  # The seed replay's tags in the local engine (their registry is gone with $work).
+  if [ -n "${reg_seed:-}" ]; then
+    docker images --format '{{.Repository}}:{{.Tag}}' | grep "^$reg_seed/seed-flow:" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
