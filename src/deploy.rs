@@ -11,7 +11,9 @@ use crate::config::{Config, Loaded, StackPart};
 use crate::error::{Error, Result};
 use crate::image::{self, Platform, PublishRequest, PublishedImage};
 use crate::rollout::{taskdef, track};
-use crate::stacks::{self, Applied, ApplyAction, StackPlan, StackSpec, Wait, templates};
+use crate::stacks::{
+    self, Applied, ApplyAction, StackPlan, StackSpec, StackStatus, StatusExt, Wait, templates,
+};
 use crate::ui::Ui;
 use crate::{interrupt, secrets};
 use serde::Serialize;
@@ -282,8 +284,11 @@ async fn existing(
         .with_help("pick another `project` name, or delete the foreign stack"));
     }
     let healthy = matches!(
-        live.status.as_str(),
-        "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "UPDATE_ROLLBACK_COMPLETE" | "IMPORT_COMPLETE"
+        live.status,
+        StackStatus::CreateComplete
+            | StackStatus::UpdateComplete
+            | StackStatus::UpdateRollbackComplete
+            | StackStatus::ImportComplete
     );
     if !healthy {
         return Err(
@@ -878,7 +883,7 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         let service_live = stacks::describe(&cl.cfn, &stack_name).await?;
         let plan = match (&service_live, &live) {
             (Some(sl), Some(l))
-                if sl.status.ends_with("_COMPLETE") && sl.status != "ROLLBACK_COMPLETE" =>
+                if sl.status.complete() && sl.status != StackStatus::RollbackComplete =>
             {
                 let net = network_out(c, net_live.as_ref().map(|n| &n.outputs)).unwrap_or_default();
                 // Plan against the live revision; a new revision shows as a change of the service.

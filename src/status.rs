@@ -66,7 +66,7 @@ pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport
         }
         stacks_out.push(StackState {
             stack: name,
-            status: live.map(|l| l.status).unwrap_or_else(|| "NOT_FOUND".into()),
+            status: live.map_or_else(|| "NOT_FOUND".into(), |l| l.status.to_string()),
         });
     }
     let mut services = Vec::new();

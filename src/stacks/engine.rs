@@ -33,10 +33,10 @@ impl Default for Wait {
 }
 
 /// A stack as CloudFormation reports it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LiveStack {
     pub name: String,
-    pub status: String,
+    pub status: StackStatus,
     pub parameters: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
     pub outputs: BTreeMap<String, String>,
@@ -105,8 +105,28 @@ fn is_missing<E: aws_sdk_cloudformation::error::ProvideErrorMetadata, R>(
     message(e).is_some_and(|m| m.contains("does not exist"))
 }
 
-fn status_str(s: Option<&StackStatus>) -> String {
-    s.map(|s| s.as_str().to_string()).unwrap_or_default()
+/// Questions asked of a stack status: CloudFormation's own enum, never a string compared by
+/// hand at the call sites.
+pub trait StatusExt {
+    /// Some operation is under way (`*_IN_PROGRESS`).
+    fn in_progress(&self) -> bool;
+    /// An operation is under way that ends by itself: REVIEW_IN_PROGRESS (a stack made by a
+    /// change set never executed) stays as it is.
+    fn running(&self) -> bool;
+    /// Settled in a `*_COMPLETE` state (which may be a rollback's).
+    fn complete(&self) -> bool;
+}
+
+impl StatusExt for StackStatus {
+    fn in_progress(&self) -> bool {
+        self.as_str().ends_with("_IN_PROGRESS")
+    }
+    fn running(&self) -> bool {
+        self.in_progress() && *self != StackStatus::ReviewInProgress
+    }
+    fn complete(&self) -> bool {
+        self.as_str().ends_with("_COMPLETE")
+    }
 }
 
 /// CloudFormation returns a CommaDelimitedList parameter as `a,b`; moto returns Python's
@@ -169,7 +189,10 @@ async fn describe_with(
     }
     Ok(Some(LiveStack {
         name: name.to_string(),
-        status: status_str(s.stack_status()),
+        status: s
+            .stack_status()
+            .cloned()
+            .unwrap_or_else(|| StackStatus::from("UNKNOWN")),
         parameters: s
             .parameters()
             .iter()
@@ -208,7 +231,7 @@ pub async fn is_current(cfn: &Client, spec: &StackSpec, live: &LiveStack, ui: &U
         ui.detail(format!("{}: parameters changed: {changed:?}", spec.name));
         return Ok(false);
     }
-    if !tags_same || !live.status.ends_with("_COMPLETE") {
+    if !tags_same || !live.status.complete() {
         ui.detail(format!(
             "{}: tags changed or status {}",
             spec.name, live.status
@@ -257,8 +280,10 @@ pub async fn plan(cfn: &Client, spec: &StackSpec, wait: Wait) -> Result<StackPla
             changes: create_plan_changes(spec),
         });
     };
-    if live.status == StackStatus::RollbackComplete.as_str() || live.status == "REVIEW_IN_PROGRESS"
-    {
+    if matches!(
+        live.status,
+        StackStatus::RollbackComplete | StackStatus::ReviewInProgress
+    ) {
         return Ok(StackPlan::Recreate {
             stack,
             changes: create_plan_changes(spec),
@@ -461,8 +486,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     let mut live = describe(cfn, &spec.name).await?;
     // Another operation may be running on the stack (a concurrent deploy, a rollback).
     if let Some(l) = &live
-        && l.status.ends_with("_IN_PROGRESS")
-        && l.status != "REVIEW_IN_PROGRESS"
+        && l.status.running()
     {
         let sp = ui.spinner(format!("{}: waiting for {} to finish", spec.name, l.status));
         wait_settled(cfn, &spec.name, Op::Observe, wait, &sp).await?;
@@ -483,8 +507,8 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     }
     let mut recreated = false;
     if let Some(l) = &live {
-        match l.status.as_str() {
-            "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" => {
+        match l.status {
+            StackStatus::RollbackComplete | StackStatus::RollbackFailed => {
                 ui.step(format!(
                     "{}: left in {} by an earlier failed create; deleting it to create it again",
                     spec.name, l.status
@@ -496,13 +520,13 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
                 live = None;
                 recreated = true;
             }
-            "UPDATE_ROLLBACK_FAILED" => {
+            StackStatus::UpdateRollbackFailed => {
                 return Err(Error::failure(format!("{} is in UPDATE_ROLLBACK_FAILED", spec.name)).with_help(format!(
                     "fix the resource that blocks the rollback, then run `aws cloudformation continue-update-rollback --stack-name {}`",
                     spec.name
                 )));
             }
-            "DELETE_FAILED" => {
+            StackStatus::DeleteFailed => {
                 return Err(Error::failure(format!("{} is in DELETE_FAILED", spec.name))
                     .with_help(
                         "run `deployer destroy` again, or delete the remaining resources by hand",
@@ -514,7 +538,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     let creating = live.is_none()
         || live
             .as_ref()
-            .is_some_and(|l| l.status == "REVIEW_IN_PROGRESS");
+            .is_some_and(|l| l.status == StackStatus::ReviewInProgress);
     if let Some(l) = &live
         && !creating
         && is_current(cfn, spec, l, ui).await?
@@ -562,16 +586,16 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
     let op = if creating { Op::Create } else { Op::Update };
     let status = wait_settled_from(cfn, &spec.name, op, wait, &sp, Some(since)).await?;
     let ok = if creating {
-        "CREATE_COMPLETE"
+        StackStatus::CreateComplete
     } else {
-        "UPDATE_COMPLETE"
+        StackStatus::UpdateComplete
     };
     if status != ok {
         sp.finish(format!("{}: {status}", spec.name));
         let cause = first_failure(cfn, &spec.name, since).await;
         // An update CloudFormation rolled back (e.g. the ECS circuit breaker fired while the
         // service stabilised) left the previous state running: "rolled back", not "failed".
-        let code = if status == "UPDATE_ROLLBACK_COMPLETE" {
+        let code = if status == StackStatus::UpdateRollbackComplete {
             ExitCode::RolledBack
         } else {
             ExitCode::Failure
@@ -702,7 +726,7 @@ pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()>
     }
     let sp = ui.spinner(format!("{name}: deleting"));
     let status = wait_settled_from(cfn, name, Op::Delete, wait, &sp, Some(since)).await?;
-    if status != "DELETE_COMPLETE" {
+    if status != StackStatus::DeleteComplete {
         sp.finish(format!("{name}: {status}"));
         let cause = first_failure(cfn, name, since).await;
         return Err(Error::failure(format!("{name} ended in {status}{cause}")));
@@ -734,7 +758,7 @@ async fn wait_settled(
     op: Op,
     wait: Wait,
     sp: &Spinner,
-) -> Result<String> {
+) -> Result<StackStatus> {
     wait_settled_from(cfn, name, op, wait, sp, None).await
 }
 
@@ -748,7 +772,7 @@ async fn wait_settled_from(
     wait: Wait,
     sp: &Spinner,
     since: Option<aws_sdk_cloudformation::primitives::DateTime>,
-) -> Result<String> {
+) -> Result<StackStatus> {
     let started = Instant::now();
     let mut poll = wait.min_poll;
     let mut seen: HashSet<String> = HashSet::new();
@@ -765,11 +789,11 @@ async fn wait_settled_from(
             _ = interrupt::cancelled() => return Err(cancel(cfn, name, op, sp).await),
         };
         let status = match polled {
-            None => return Ok("DELETE_COMPLETE".into()),
+            None => return Ok(StackStatus::DeleteComplete),
             Some(l) => l.status,
         };
         sp.set_message(format!("{name}: {status}"));
-        if !status.ends_with("_IN_PROGRESS") || status == "REVIEW_IN_PROGRESS" {
+        if !status.running() {
             return Ok(status);
         }
         if started.elapsed() > wait.timeout {
@@ -868,12 +892,13 @@ async fn wait_quiet(cfn: &Client, name: &str, wait: Wait) -> Option<String> {
         loop {
             match describe(cfn, name).await {
                 Ok(None) => return None,
-                Ok(Some(l)) if !l.status.ends_with("_IN_PROGRESS") => return Some(l.status),
-                Ok(Some(l)) if started.elapsed() > wait.timeout => return Some(l.status),
+                Ok(Some(l)) if !l.status.in_progress() || started.elapsed() > wait.timeout => {
+                    return Some(l.status.to_string());
+                }
                 Err(e) => return Some(format!("unknown ({e})")),
                 Ok(Some(l)) => {
                     if let Ok(mut s) = last.lock() {
-                        *s = l.status;
+                        *s = l.status.to_string();
                     }
                     tokio::time::sleep(wait.min_poll).await
                 }

@@ -4,9 +4,10 @@
 mod engine;
 pub mod templates;
 
+pub use aws_sdk_cloudformation::types::StackStatus;
 pub use engine::{
-    Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, Wait, apply, delete, describe,
-    is_current, other_service_stacks, plan,
+    Applied, ApplyAction, LiveStack, ResourceChange, StackPlan, StatusExt, Wait, apply, delete,
+    describe, is_current, other_service_stacks, plan,
 };
 
 use std::collections::BTreeMap;
