@@ -310,3 +310,48 @@ fn plan_and_up_agree_on_what_is_valid() {
         );
     }
 }
+
+/// A Docker engine that accepts connections and never answers: `up` of a service built from
+/// source stops before the first mutating call, naming the engine and the bound (exit 1: the
+/// input is fine, the engine is not).
+#[test]
+fn a_hung_docker_engine_is_named_before_any_change() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold every connection, never writing a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
+    let project = support::unique("pfhung");
+    std::fs::write(
+        dir.path().join("deployer.yaml"),
+        format!(
+            "project: {project}\nregion: us-east-1\nservices:\n  flow:\n    build: {{context: .}}\n"
+        ),
+    )
+    .expect("write");
+    let mut cmd = deployer_command(dir.path(), &["up", "--json"], &moto_url());
+    cmd.env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"));
+    let started = std::time::Instant::now();
+    let r = Run::from(cmd.output().expect("run deployer"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did not answer within 5 s") && r.stderr.contains(&port.to_string()),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).expect("one JSON object");
+    let mutating = &v["api_calls"]["mutating"];
+    assert!(
+        mutating.as_object().is_none_or(|m| m.is_empty()),
+        "mutating calls made: {mutating}"
+    );
+    // Bounded, not hung: well under bollard's default 120 s request timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -496,9 +496,10 @@ impl Worker {
         s.requests_needed.store(requests as u64, Ordering::Relaxed);
     }
 
-    /// Past REPORT_HOLD or REPORT_HOLD_BYTES the oldest go: iterations not yet created
-    /// first (whole, so a run appears with all its reports or not at all), then logs, then
-    /// task runs of created runs.
+    /// Past REPORT_HOLD or REPORT_HOLD_BYTES the least valuable and oldest go first: logs
+    /// (all of runs already created, so older than any iteration still waiting), then whole
+    /// iterations not yet created, oldest first (a run appears with all its task runs or not
+    /// at all), and only then task runs of created runs.
     fn enforce_bound(&mut self) {
         let (mut reports, mut bytes) = self.held();
         if reports <= self.hold.reports && bytes <= self.hold.bytes {
@@ -506,11 +507,11 @@ impl Worker {
         }
         let (mut dropped, mut runs) = (0usize, 0usize);
         while reports > self.hold.reports || bytes > self.hold.bytes {
-            let (n, b) = if let Some(p) = self.pending.pop_front() {
+            let (n, b) = if let Some(l) = self.logs.pop() {
+                (1, l.len())
+            } else if let Some(p) = self.pending.pop_front() {
                 runs += 1;
                 (p.reports(), p.bytes)
-            } else if let Some(l) = self.logs.pop() {
-                (1, l.len())
             } else if let Some(e) = self.events.pop() {
                 (1, e.len())
             } else {
