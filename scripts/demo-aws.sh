@@ -22,7 +22,7 @@ mkdir -p "$run"
 venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 log "building deployer"
 cargo build -q --workspace --bins
-deployer="$root/target/debug/deployer"
+deployer="${CARGO_TARGET_DIR:-$root/target}/debug/deployer"
 
 moto_port=$(free_port)
 start_moto "$root/.venv-test" "$moto_port" "$run/moto.log"

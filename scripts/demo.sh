@@ -31,7 +31,7 @@ fi
 
 log "building deployer"
 cargo build -q --workspace --bins
-deployer="$root/target/debug/deployer"
+deployer="${CARGO_TARGET_DIR:-$root/target}/debug/deployer"
 [ -f deployer.yaml ] || "$deployer" init
 
 pids=()

@@ -16,7 +16,7 @@ work="$(mktemp -d)"
 venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 if [ -z "${BIN:-}" ]; then
   cargo build -q -p deployer
-  BIN="$root/target/debug/deployer"
+  BIN="${CARGO_TARGET_DIR:-$root/target}/debug/deployer"
 fi
 port=$(free_port)
 start_moto "$root/.venv-test" "$port" "$work/moto.log"

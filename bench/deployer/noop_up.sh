@@ -12,7 +12,7 @@ runs="${1:-10}"
 work="$(mktemp -d)"
 venv "$root/.venv-test" "$MOTO_PIN" "$CFN_LINT_PIN" "$DUCKDB_PIN"
 cargo build -q --release -p deployer
-bin="$root/target/release/deployer"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/deployer"
 
 port=$(free_port)
 start_moto "$root/.venv-test" "$port" "$work/moto.log"

@@ -47,7 +47,7 @@ fi
 log "building release binaries (deployer, context bench)"
 cargo build --release -q -p deployer --bin deployer
 cargo test --release -q -p deployer --test image_bench --no-run 2>/dev/null
-deployer="$root/target/release/deployer"
+deployer="${CARGO_TARGET_DIR:-$root/target}/release/deployer"
 
 # AWS is never called (the registry is overridden); make sure of it.
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \

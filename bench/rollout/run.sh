@@ -22,14 +22,14 @@ work="$(mktemp -d)"
 cfg=()
 pids=()
 cleanup() {
-  [ -f "$work/deployer.yaml" ] && "$root/target/debug/deployer" destroy "${cfg[@]}" --yes >/dev/null 2>&1 || true
+  [ -f "$work/deployer.yaml" ] && "${CARGO_TARGET_DIR:-$root/target}/debug/deployer" destroy "${cfg[@]}" --yes >/dev/null 2>&1 || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 cargo build -q --workspace --bins
-deployer="$root/target/debug/deployer"
+deployer="${CARGO_TARGET_DIR:-$root/target}/debug/deployer"
 
 if [ -n "${PREFECT_API_URL:-}" ]; then
   prefect_url="$PREFECT_API_URL"
