@@ -241,3 +241,50 @@ pub struct ImageFlags {
     #[arg(long)]
     pub require_clean: bool,
 }
+
+#[cfg(test)]
+mod help_tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// `[env: NAME=value]` -> `[env: NAME]`: the snapshot must not depend on the environment
+    /// the tests run in.
+    fn without_env_values(help: &str) -> String {
+        let mut out = String::with_capacity(help.len());
+        let mut rest = help;
+        while let Some(i) = rest.find("[env: ") {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i..];
+            let end = tail.find(']').unwrap_or(tail.len() - 1);
+            let inner = &tail[..end];
+            out.push_str(inner.split_once('=').map_or(inner, |(name, _)| name));
+            out.push(']');
+            rest = &tail[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// `--help` of the deployer and of every command, pinned: a change to a flag, its wording
+    /// or its default shows up in review.
+    #[test]
+    fn help_of_every_command() {
+        let mut root = Cli::command().term_width(100);
+        root.build();
+        let mut text = format!("$ deployer --help\n{}\n", root.render_long_help());
+        for sub in root.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            let help = sub.clone().term_width(100).render_long_help();
+            text.push_str(&format!("\n$ deployer {name} --help\n{help}\n"));
+        }
+        insta::assert_snapshot!("help", without_env_values(&text));
+    }
+
+    #[test]
+    fn env_values_are_dropped_from_help() {
+        assert_eq!(
+            without_env_values("a [env: AWS_PROFILE=secret-ish] b [env: X]"),
+            "a [env: AWS_PROFILE] b [env: X]"
+        );
+    }
+}
