@@ -139,6 +139,13 @@ async fn run(cfg: Config) -> ExitCode {
     });
     let flush = reporter.flush_deadline(flush, budget);
     let deadline = tokio::time::Instant::now() + flush;
+    reporter.flush_until(deadline);
+    if reporter.client().is_some() {
+        logs::info(
+            "flushing reports to prefect",
+            json!({ "flush_deadline_s": flush.as_secs_f64() }),
+        );
+    }
     let mut worker = worker;
     if let Some(w) = worker.as_mut() {
         let _ = tokio::time::timeout(HANDOFF_FLUSH.min(flush), w).await;

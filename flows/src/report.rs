@@ -44,6 +44,10 @@ const LATE: Duration = Duration::from_secs(1);
 /// Shutdown flush sizing: per request still needed, twice Prefect's recent latency, at least
 /// this.
 const FLUSH_PER_REQUEST: Duration = Duration::from_millis(100);
+/// At shutdown, no flow run is created in the last this-much of the flush (at most half).
+const CREATE_MARGIN: Duration = Duration::from_secs(2);
+/// Flow runs created ahead of their final state, at most, while a backlog is delivered.
+const CREATE_BATCH: usize = 20;
 /// Memory estimates of held records beyond their text (ids, times, names).
 const RECORD_OVERHEAD: usize = 256;
 
@@ -114,6 +118,9 @@ pub struct Shared {
     settled: AtomicU64,
     /// Requests the worker still needs for what it holds (sizes the shutdown flush).
     requests_needed: AtomicU64,
+    /// After this instant no new flow run is created (the shutdown flush's deadline is near:
+    /// a run created then could be left RUNNING).
+    create_until: Mutex<Option<Instant>>,
     /// Largest hold seen, in reports and bytes (the stop summary reports them).
     peak_held_reports: AtomicU64,
     peak_held_bytes: AtomicU64,
@@ -239,6 +246,17 @@ impl Reporter {
         sized_deadline(base, budget, needed + queued.div_ceil(2), per_request)
     }
 
+    /// The shutdown flush ends at `deadline`: new flow runs are created only until
+    /// `CREATE_MARGIN` before it, so what was created can still be finished.
+    pub fn flush_until(&self, deadline: Instant) {
+        if let Ok(mut t) = self.shared.create_until.lock() {
+            *t = Some(
+                deadline
+                    - CREATE_MARGIN.min(deadline.saturating_duration_since(Instant::now()) / 2),
+            );
+        }
+    }
+
     pub fn stats(&self) -> ReportStats {
         let s = &self.shared;
         ReportStats {
@@ -265,6 +283,13 @@ impl Shared {
 
     fn flow_run(&self, run_id: Uuid) -> Option<Uuid> {
         self.flow_runs().get(&run_id).copied()
+    }
+
+    fn creation_closed(&self) -> bool {
+        self.create_until
+            .lock()
+            .map(|t| t.is_some_and(|t| Instant::now() >= t))
+            .unwrap_or(false)
     }
 
     fn settle(&self, n: u64) {
@@ -425,11 +450,7 @@ impl Worker {
             // Send once the queue is drained: under load one events request then covers the
             // task runs of many iterations.
             if rx.is_empty() && !self.is_down() {
-                self.create_pending().await;
-                if !self.unfinished.is_empty() {
-                    self.flush(Kind::Events).await;
-                    self.finish_all().await;
-                }
+                self.deliver_runs().await;
             }
             for kind in [Kind::Events, Kind::Logs] {
                 if self.bulk(kind).len() >= BULK_MAX {
@@ -444,16 +465,39 @@ impl Worker {
             self.down_until = None;
             self.deliver(true).await;
             self.publish();
+            if self.shared.creation_closed() && !self.pending.is_empty() && self.all_created_done()
+            {
+                // Past the creation cut-off: what was never created stays out of Prefect (no
+                // run may be left RUNNING by the deadline); counted as dropped.
+                let runs = self.pending.len();
+                let n: usize = self.pending.drain(..).map(|p| p.reports()).sum();
+                self.shared.settle(n as u64);
+                self.shared.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                logs::warn(
+                    "prefect flush deadline near: iterations not created in Prefect, dropped",
+                    json!({ "runs": runs, "dropped": n }),
+                );
+                self.flush(Kind::Logs).await;
+            }
             if self.idle() {
                 break;
             }
-            let pause = backoff(
-                self.failures.saturating_sub(1),
-                Duration::from_millis(200),
-                Duration::from_secs(2),
-            );
+            let pause = if self.failures == 0 {
+                Duration::from_millis(20)
+            } else {
+                backoff(
+                    self.failures.saturating_sub(1),
+                    Duration::from_millis(200),
+                    Duration::from_secs(2),
+                )
+            };
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Every run created in Prefect has its task runs and final state delivered.
+    fn all_created_done(&self) -> bool {
+        self.unfinished.is_empty() && self.events.is_empty()
     }
 
     fn idle(&self) -> bool {
@@ -554,11 +598,23 @@ impl Worker {
     /// Everything waiting, in order: flow runs to create, task runs, final states, logs (when
     /// their linger is over, or `all`).
     async fn deliver(&mut self, all: bool) {
-        self.create_pending().await;
-        self.flush(Kind::Events).await;
-        self.finish_all().await;
+        self.deliver_runs().await;
         if all || self.logs.due().is_some_and(|t| t <= Instant::now()) {
             self.flush(Kind::Logs).await;
+        }
+    }
+
+    /// Creates waiting flow runs a few at a time, each batch followed by its task runs and
+    /// final states, so few runs are RUNNING in Prefect for longer than their iteration.
+    async fn deliver_runs(&mut self) {
+        loop {
+            let waiting = self.pending.len();
+            self.create_pending().await;
+            self.flush(Kind::Events).await;
+            self.finish_all().await;
+            if self.is_down() || self.pending.is_empty() || self.pending.len() == waiting {
+                break;
+            }
         }
     }
 
@@ -665,7 +721,11 @@ impl Worker {
 
     /// Creates the flow runs of waiting iterations, oldest first, until one fails.
     async fn create_pending(&mut self) {
-        while !self.is_down() {
+        while !self.is_down() && !self.shared.creation_closed() {
+            // Finish what was created before creating more (see `deliver_runs`).
+            if self.unfinished.len() >= CREATE_BATCH {
+                break;
+            }
             let Some(p) = self.pending.front() else { break };
             if self.flow_id.is_none() {
                 match self.client.ensure_flow(&self.flow_name).await {

@@ -213,7 +213,23 @@ impl<'a> Local<'a> {
         let rolls = targets.iter().map(|(name, target, previous)| {
             self.service(&engine, name, target, previous.as_ref(), &env)
         });
-        let results = futures::future::join_all(rolls).await;
+        // The rolls undo themselves on an interrupt; recording what runs afterwards is part
+        // of that (main waits for self-undoing steps up to its grace, not just its settle).
+        let (results, noted) = crate::interrupt::self_undoing(async {
+            let results = futures::future::join_all(rolls).await;
+            // The current revision is what runs now (the target, or the previous one after
+            // an undone roll or a verify rollback).
+            let mut noted = Ok(());
+            for name in c.services.keys() {
+                noted = self.note_current(&engine, &mut state, name).await;
+                if noted.is_err() {
+                    break;
+                }
+            }
+            (results, noted)
+        })
+        .await;
+        noted?;
         let mut services = Vec::new();
         let mut errors = Vec::new();
         for r in results {
@@ -221,11 +237,6 @@ impl<'a> Local<'a> {
                 Ok(report) => services.push(report),
                 Err(e) => errors.push(e),
             }
-        }
-        // The current revision is what runs now (the target, or the previous one after an
-        // undone roll or a verify rollback).
-        for name in c.services.keys() {
-            self.note_current(&engine, &mut state, name).await?;
         }
         self.state_dir.save(&state)?;
         crate::target::record(

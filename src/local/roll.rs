@@ -179,16 +179,22 @@ impl Roll<'_> {
             overlap_from: None,
             overlap_until: None,
         };
-        // The roll undoes itself on an interrupt (main waits for that, up to its grace).
-        let outcome = interrupt::self_undoing(t.drive(started + self.timeout)).await;
-        t.report.seconds = started.elapsed().as_secs_f64();
-        if let (Some(a), Some(b)) = (t.overlap_from, t.overlap_until) {
-            t.report.overlap_seconds = b.saturating_duration_since(a).as_secs_f64();
-        }
-        match outcome {
-            Ok(()) => Ok(t.report),
-            Err(cause) => Err(t.undo(cause).await),
-        }
+        // The roll undoes itself on an interrupt, and main waits for that up to its grace:
+        // the undo too runs inside `self_undoing`, or main would stop it half-way (between two
+        // of its calls nothing else says an undo is under way).
+        let result = interrupt::self_undoing(async {
+            let outcome = t.drive(started + self.timeout).await;
+            t.report.seconds = started.elapsed().as_secs_f64();
+            if let (Some(a), Some(b)) = (t.overlap_from, t.overlap_until) {
+                t.report.overlap_seconds = b.saturating_duration_since(a).as_secs_f64();
+            }
+            match outcome {
+                Ok(()) => Ok(()),
+                Err(cause) => Err(t.undo(cause).await),
+            }
+        })
+        .await;
+        result.map(|()| t.report)
     }
 }
 
