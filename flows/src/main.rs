@@ -137,9 +137,8 @@ async fn run(cfg: Config) -> ExitCode {
             .saturating_sub(at.elapsed())
             .saturating_sub(Duration::from_secs(2))
     });
-    let flush = reporter.flush_deadline(flush, budget);
+    let flush = reporter.begin_flush(flush, budget);
     let deadline = tokio::time::Instant::now() + flush;
-    reporter.flush_until(deadline);
     if reporter.client().is_some() {
         logs::info(
             "flushing reports to prefect",

@@ -214,13 +214,8 @@ impl Reporter {
 
     /// Counts reports still queued or held as dropped (after the flush deadline).
     pub fn abandon_pending(&self) -> u64 {
-        let accepted = self.shared.accepted.load(Ordering::Relaxed);
-        let settled = self.shared.settled.load(Ordering::Relaxed);
-        let n = accepted.saturating_sub(settled);
-        if n > 0 {
-            self.shared.settle(n);
-            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
-        }
+        let n = self.shared.unsettled();
+        self.shared.discard(n);
         n
     }
 
@@ -228,33 +223,24 @@ impl Reporter {
         self.shared.flow_run(run_id)
     }
 
-    /// The shutdown flush deadline: `base` (REPORT_FLUSH_SECONDS), longer when what is held
-    /// needs more (requests still needed x twice Prefect's recent latency), never past
-    /// `budget` (what is left before the container's SIGKILL).
-    pub fn flush_deadline(&self, base: Duration, budget: Option<Duration>) -> Duration {
+    /// Starts the shutdown flush and returns how long it may take: `base`
+    /// (REPORT_FLUSH_SECONDS), longer when what is held needs more (requests still needed x
+    /// twice Prefect's recent latency), never past `budget` (what is left before the
+    /// container's SIGKILL). New flow runs are created only until `CREATE_MARGIN` before its
+    /// end, so what was created can still be finished.
+    pub fn begin_flush(&self, base: Duration, budget: Option<Duration>) -> Duration {
         let needed = self.shared.requests_needed.load(Ordering::Relaxed);
         // Reports still in the queue need requests too: an iteration is about ten reports
         // (start, four task runs, logs, end) for four requests.
-        let queued = self
-            .shared
-            .accepted
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.shared.settled.load(Ordering::Relaxed));
+        let queued = self.shared.unsettled();
         let per_request = self.shared.client.as_ref().map_or(FLUSH_PER_REQUEST, |c| {
             (c.latency() * 2).max(FLUSH_PER_REQUEST)
         });
-        sized_deadline(base, budget, needed + queued.div_ceil(2), per_request)
-    }
-
-    /// The shutdown flush ends at `deadline`: new flow runs are created only until
-    /// `CREATE_MARGIN` before it, so what was created can still be finished.
-    pub fn flush_until(&self, deadline: Instant) {
+        let flush = sized_deadline(base, budget, needed + queued.div_ceil(2), per_request);
         if let Ok(mut t) = self.shared.create_until.lock() {
-            *t = Some(
-                deadline
-                    - CREATE_MARGIN.min(deadline.saturating_duration_since(Instant::now()) / 2),
-            );
+            *t = Some(Instant::now() + flush - CREATE_MARGIN.min(flush / 2));
         }
+        flush
     }
 
     pub fn stats(&self) -> ReportStats {
@@ -292,6 +278,19 @@ impl Shared {
             .unwrap_or(false)
     }
 
+    /// Reports accepted and neither delivered nor dropped yet (queued or held).
+    fn unsettled(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.settled.load(Ordering::Relaxed))
+    }
+
+    /// Settles `n` accepted reports as dropped (the caller says why, or not).
+    fn discard(&self, n: u64) {
+        self.settle(n);
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn settle(&self, n: u64) {
         self.settled.fetch_add(n, Ordering::Relaxed);
     }
@@ -303,8 +302,7 @@ impl Shared {
 
     /// Drops `n` accepted reports.
     fn count_drop(&self, n: u64, reason: &str, detail: Value) {
-        self.settle(n);
-        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.discard(n);
         self.warn_drop(n, reason, detail);
     }
 
@@ -471,8 +469,7 @@ impl Worker {
                 // run may be left RUNNING by the deadline); counted as dropped.
                 let runs = self.pending.len();
                 let n: usize = self.pending.drain(..).map(|p| p.reports()).sum();
-                self.shared.settle(n as u64);
-                self.shared.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.shared.discard(n as u64);
                 logs::warn(
                     "prefect flush deadline near: iterations not created in Prefect, dropped",
                     json!({ "runs": runs, "dropped": n }),
@@ -1068,6 +1065,6 @@ mod tests {
             Duration::from_secs(1)
         );
         let r = Reporter::disabled();
-        assert_eq!(r.flush_deadline(base, None), base);
+        assert_eq!(r.begin_flush(base, None), base);
     }
 }

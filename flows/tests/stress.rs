@@ -19,6 +19,25 @@ fn time(v: &Value) -> DateTime<Utc> {
         .to_utc()
 }
 
+/// The environment every stress test starts from: Prefect at `prefect`, the source at
+/// `source`, availability mode (no lease: the loop goes on while Prefect is down), then
+/// `extra` (later entries win).
+fn stress_env(
+    prefect: &str,
+    flow: &str,
+    source: &str,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("PREFECT_API_URL", prefect.to_string()),
+        ("FLOW_NAME", flow.to_string()),
+        ("SOURCE_URL", source.to_string()),
+        ("LEADER_LEASE", "off".to_string()),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
 fn last_line(p: &Flow) -> Value {
     let out = p.stdout_text();
     let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
@@ -46,13 +65,12 @@ async fn oversized_and_endless_source_replies_fail_runs_and_memory_stays_flat() 
     ])
     .await;
     let flow = unique("ps-flood");
-    let env = vec![
-        ("PREFECT_API_URL", prefect_url()),
-        ("FLOW_NAME", flow.clone()),
-        ("SOURCE_URL", source.url.clone()),
-        ("LEADER_LEASE", "off".to_string()),
-        ("REPORT_FLUSH_SECONDS", "30".to_string()),
-    ];
+    let env = stress_env(
+        &prefect_url(),
+        &flow,
+        &source.url,
+        &[("REPORT_FLUSH_SECONDS", "30".to_string())],
+    );
     let mut p = spawn(&env, &["--iterations", "4"]);
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -133,14 +151,15 @@ async fn a_ten_second_outage_loses_nothing_and_keeps_order_and_observed_times() 
     let price = PriceApi::start(91000.0, 3000.0).await;
     let flaky = FlakyPrefect::start(false).await;
     let flow = unique("ps-outage10");
-    let env = vec![
-        ("PREFECT_API_URL", flaky.url.clone()),
-        ("FLOW_NAME", flow.clone()),
-        ("SOURCE_URL", price.url.clone()),
-        ("LEADER_LEASE", "off".to_string()),
-        ("INTERVAL_SECONDS", "0.5".to_string()),
-        ("REPORT_FLUSH_SECONDS", "30".to_string()),
-    ];
+    let env = stress_env(
+        &flaky.url,
+        &flow,
+        &price.url,
+        &[
+            ("INTERVAL_SECONDS", "0.5".to_string()),
+            ("REPORT_FLUSH_SECONDS", "30".to_string()),
+        ],
+    );
     let total = 30;
     let mut p = spawn(&env, &["--iterations", &total.to_string()]);
     for _ in 0..4 {
@@ -198,16 +217,18 @@ async fn an_outage_past_the_hold_bound_drops_the_oldest_and_says_how_many() {
     let flaky = FlakyPrefect::start(true).await;
     let flow = unique("ps-hold");
     let hold = 40;
-    let env = vec![
-        ("PREFECT_API_URL", flaky.url.clone()),
-        ("FLOW_NAME", flow.clone()),
-        ("SOURCE_URL", price.url.clone()),
-        ("LEADER_LEASE", "off".to_string()),
-        // Slow enough that the reporter keeps up once Prefect is back, even on a busy machine.
-        ("INTERVAL_SECONDS", "0.5".to_string()),
-        ("REPORT_FLUSH_SECONDS", "30".to_string()),
-        ("REPORT_HOLD", hold.to_string()),
-    ];
+    let env = stress_env(
+        &flaky.url,
+        &flow,
+        &price.url,
+        &[
+            // Slow enough that the reporter keeps up once Prefect is back, even on a busy
+            // machine.
+            ("INTERVAL_SECONDS", "0.5".to_string()),
+            ("REPORT_FLUSH_SECONDS", "30".to_string()),
+            ("REPORT_HOLD", hold.to_string()),
+        ],
+    );
     let mut p = spawn(&env, &[]);
     for _ in 0..15 {
         p.wait_iteration(WAIT).await;
@@ -278,15 +299,16 @@ async fn sigterm_during_an_outage_ends_the_flush_before_the_stop_timeout() {
     let flaky = FlakyPrefect::start(true).await;
     let flow = unique("ps-flush");
     let stop_timeout = 6.0;
-    let env = vec![
-        ("PREFECT_API_URL", flaky.url.clone()),
-        ("FLOW_NAME", flow.clone()),
-        ("SOURCE_URL", price.url.clone()),
-        ("LEADER_LEASE", "off".to_string()),
-        ("INTERVAL_SECONDS", "0.1".to_string()),
-        ("REPORT_FLUSH_SECONDS", "1".to_string()),
-        ("STOP_TIMEOUT_SECONDS", stop_timeout.to_string()),
-    ];
+    let env = stress_env(
+        &flaky.url,
+        &flow,
+        &price.url,
+        &[
+            ("INTERVAL_SECONDS", "0.1".to_string()),
+            ("REPORT_FLUSH_SECONDS", "1".to_string()),
+            ("STOP_TIMEOUT_SECONDS", stop_timeout.to_string()),
+        ],
+    );
     let mut p = spawn(&env, &[]);
     // Enough held that the sized deadline would pass the stop budget.
     for _ in 0..40 {
