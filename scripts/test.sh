@@ -29,6 +29,18 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$cache/target-$key"
   export FLOW_CARGO_TARGET_DIR="$cache/static-$key"
   mkdir -p "$cache"
+  # A new key (a dependency added or bumped) starts from a copy of the newest cache, so cargo
+  # recompiles what the lock change touched instead of the whole AWS SDK; cargo's own
+  # fingerprints decide what is stale, the key only keeps caches from growing without bound.
+  for kind in target static; do
+    rm -rf "$cache/$kind-$key.tmp"
+    newest=$({ ls -dt "$cache/$kind"-* 2>/dev/null || true; } | { grep -v '\.tmp$' || true; } | head -n 1)
+    if [ ! -d "$cache/$kind-$key" ] && [ -n "$newest" ]; then
+      log "build cache: seeding $kind-$key from $(basename "$newest")"
+      cp -a "$newest" "$cache/$kind-$key.tmp" && mv "$cache/$kind-$key.tmp" "$cache/$kind-$key"
+      touch "$cache/$kind-$key" # newest by mtime, so the pruning below keeps it
+    fi
+  done
   # Keep the caches of the two newest keys.
   for kind in target static; do
     { ls -dt "$cache/$kind"-* 2>/dev/null || true; } | tail -n +3 | xargs -r rm -rf
