@@ -136,6 +136,8 @@ pub struct Clients {
     pub region: String,
     pub cfn: cfn::Client,
     pub ecr: aws_sdk_ecr::Client,
+    /// EC2, read-only: an `existing` network's VPC, subnets and security groups (preflight).
+    pub ec2: aws_sdk_ec2::Client,
     pub ecs: aws_sdk_ecs::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sts: aws_sdk_sts::Client,
@@ -185,6 +187,11 @@ impl Clients {
             ),
             ecr: aws_sdk_ecr::Client::from_conf(
                 aws_sdk_ecr::config::Builder::from(&sdk)
+                    .interceptor(c.clone())
+                    .build(),
+            ),
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&sdk)
                     .interceptor(c.clone())
                     .build(),
             ),

@@ -493,7 +493,7 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
 }
 
 /// The checks `plan` and `up` share: local (files, rendered task definitions) and read-only
-/// AWS (prebuilt ECR images); every problem reported at once, exit 2.
+/// AWS (prebuilt ECR images, an existing network); every problem reported at once, exit 2.
 async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
     let c = &ctx.loaded.config;
     let mut problems = crate::preflight::local(&ctx.loaded);
@@ -505,6 +505,8 @@ async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
         crate::preflight::ecr_images(c, &ctx.clients.ecr, &identity.account, &ctx.clients.region)
             .await,
     );
+    problems
+        .extend(crate::preflight::existing_network(c, &ctx.clients.ec2, &ctx.clients.region).await);
     crate::preflight::refuse(&ctx.loaded, problems)
 }
 

@@ -221,6 +221,113 @@ pub async fn ecr_images(
     p
 }
 
+/// Read-only AWS check of `network.existing`: the VPC, every subnet and every security group
+/// exist in this account and region, and all belong to that VPC. A filter, unlike a list of
+/// ids, answers with what exists instead of failing on the first missing id, so one call per
+/// kind names every missing or foreign id at once.
+pub async fn existing_network(c: &Config, ec2: &aws_sdk_ec2::Client, region: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::Filter;
+    let Some(e) = &c.network.existing else {
+        return Vec::new();
+    };
+    let mut p = Vec::new();
+    let cannot = |what: &str, err: String| {
+        format!(
+            "network.existing: cannot check the {what} in {region}: {err} (the deploying identity needs ec2:Describe* on them)"
+        )
+    };
+    let filter = |name: &str, ids: &[String]| {
+        Filter::builder()
+            .name(name)
+            .set_values(Some(ids.to_vec()))
+            .build()
+    };
+    match ec2
+        .describe_vpcs()
+        .filters(filter("vpc-id", std::slice::from_ref(&e.vpc_id)))
+        .send()
+        .await
+    {
+        Ok(out) if out.vpcs().is_empty() => p.push(format!(
+            "network.existing.vpc_id: VPC {} does not exist in {region} (check the id and the region)",
+            e.vpc_id
+        )),
+        Ok(_) => {}
+        Err(err) => p.push(cannot("VPC", crate::aws::describe(&err))),
+    }
+    match ec2
+        .describe_subnets()
+        .filters(filter("subnet-id", &e.subnet_ids))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let found: std::collections::HashMap<&str, Option<&str>> = out
+                .subnets()
+                .iter()
+                .filter_map(|s| Some((s.subnet_id()?, s.vpc_id())))
+                .collect();
+            p.extend(belonging(
+                "subnet_ids",
+                "subnet",
+                &e.subnet_ids,
+                &found,
+                &e.vpc_id,
+                region,
+            ));
+        }
+        Err(err) => p.push(cannot("subnets", crate::aws::describe(&err))),
+    }
+    match ec2
+        .describe_security_groups()
+        .filters(filter("group-id", &e.security_group_ids))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let found: std::collections::HashMap<&str, Option<&str>> = out
+                .security_groups()
+                .iter()
+                .filter_map(|g| Some((g.group_id()?, g.vpc_id())))
+                .collect();
+            p.extend(belonging(
+                "security_group_ids",
+                "security group",
+                &e.security_group_ids,
+                &found,
+                &e.vpc_id,
+                region,
+            ));
+        }
+        Err(err) => p.push(cannot("security groups", crate::aws::describe(&err))),
+    }
+    p
+}
+
+/// Every id in `ids` was found, and in `vpc`; one problem per id that was not.
+fn belonging(
+    key: &str,
+    kind: &str,
+    ids: &[String],
+    found: &std::collections::HashMap<&str, Option<&str>>,
+    vpc: &str,
+    region: &str,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        match found.get(id.as_str()) {
+            None => p.push(format!(
+                "network.existing.{key}[{i}]: {kind} {id} does not exist in {region}"
+            )),
+            Some(Some(v)) if *v != vpc => p.push(format!(
+                "network.existing.{key}[{i}]: {kind} {id} is in {v}, not in network.existing.vpc_id {vpc}; tasks can only use a {kind} of their own VPC"
+            )),
+            Some(_) => {}
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -648,6 +648,64 @@ async fn a_service_removed_from_the_config_is_flagged_by_up_and_removed_by_destr
     assert!(tds.task_definition_arns().is_empty(), "{tds:?}");
 }
 
+/// A network the user made (`network.existing`) passes the preflight's EC2 check when its
+/// parts belong together; the service stack gets its subnet and security group; `destroy`
+/// removes only what the deployer made: the VPC, subnet and security group remain.
+#[tokio::test]
+async fn an_existing_network_is_used_as_is_and_outlives_destroy() {
+    ensure_image();
+    let n = support::moto_network();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "project: it-existing-net\nregion: us-east-1\nnetwork:\n  existing:\n    vpc_id: {}\n    subnet_ids: [{}]\n    security_group_ids: [{}]\nservices:\n{}",
+        n.vpc,
+        n.subnet,
+        n.security_group,
+        service_yaml()
+    );
+    std::fs::write(dir.path().join("deployer.yaml"), text).unwrap();
+    let up = support::deployer(dir.path(), &["up", "--json"])
+        .expect(0)
+        .json();
+    let stacks = up["stacks"].to_string();
+    assert!(!stacks.contains("it-existing-net-network"), "{up:#}");
+    let cl = clients().await;
+    // The service stack runs the tasks in the user's subnet and security group (moto's ECS
+    // does not echo a service's network configuration, so the stack's parameters are read).
+    let stack = cl
+        .cfn
+        .describe_stacks()
+        .stack_name("it-existing-net-svc-flow")
+        .send()
+        .await
+        .unwrap();
+    let params: std::collections::HashMap<&str, &str> = stack.stacks()[0]
+        .parameters()
+        .iter()
+        .filter_map(|p| Some((p.parameter_key()?, p.parameter_value()?)))
+        .collect();
+    // (moto echoes a list parameter as Python's repr of the list.)
+    let has = |k: &str, v: &str| params.get(k).is_some_and(|p| p.contains(v));
+    assert!(has("Subnets", &n.subnet), "{params:?}");
+    assert!(has("SecurityGroups", &n.security_group), "{params:?}");
+
+    support::deployer(dir.path(), &["destroy", "--yes"]).expect(0);
+    let left = cl.ec2.describe_vpcs().vpc_ids(&n.vpc).send().await.unwrap();
+    assert_eq!(left.vpcs().len(), 1, "destroy removed the user's VPC");
+    let left = cl
+        .ec2
+        .describe_security_groups()
+        .group_ids(&n.security_group)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        left.security_groups().len(),
+        1,
+        "destroy removed the user's security group"
+    );
+}
+
 /// `logs` on AWS reads the service's CloudWatch log group (moto keeps the events), each line
 /// prefixed by service and task; `--tail` keeps the last lines; `--follow` prints new ones.
 #[tokio::test]

@@ -170,6 +170,27 @@ const CASES: &[Case] = &[
         never: None,
     },
     Case {
+        class: "existing network whose VPC, subnet and security group do not exist",
+        yaml: "project: PROJECT\nregion: us-east-1\nnetwork:\n  existing:\n    vpc_id: vpc-0badbadbadbad0000\n    subnet_ids: [subnet-0badbadbadbad0000]\n    security_group_ids: [sg-0badbadbadbad0000]\nservices:\n  flow:\n    image: IMAGE\n",
+        args: &[],
+        expect: &[
+            "network.existing.vpc_id: VPC vpc-0badbadbadbad0000 does not exist in us-east-1",
+            "network.existing.subnet_ids[0]: subnet subnet-0badbadbadbad0000 does not exist",
+            "network.existing.security_group_ids[0]: security group sg-0badbadbadbad0000 does not exist",
+        ],
+        never: None,
+    },
+    Case {
+        class: "existing network whose subnet belongs to another VPC",
+        yaml: "project: PROJECT\nregion: us-east-1\nnetwork:\n  existing:\n    vpc_id: OUR_VPC\n    subnet_ids: [OUR_SUBNET, FOREIGN_SUBNET]\n    security_group_ids: [OUR_SG]\nservices:\n  flow:\n    image: IMAGE\n",
+        args: &[],
+        expect: &[
+            "network.existing.subnet_ids[1]",
+            "not in network.existing.vpc_id",
+        ],
+        never: None,
+    },
+    Case {
         class: "unknown key in local:",
         yaml: "",
         args: &["--set", "local.networks=host"],
@@ -200,6 +221,7 @@ fn run(case: &Case, project: &str) -> Run {
     }
     .replace("PROJECT", project)
     .replace("IMAGE", &img);
+    let text = with_moto_network(text);
     std::fs::write(dir.path().join("deployer.yaml"), text).expect("write");
     let big = format!("services.flow.environment.BIG={}", "x".repeat(70 * 1024));
     let mut args: Vec<String> = vec!["up".into(), "--json".into()];
@@ -220,6 +242,18 @@ fn run(case: &Case, project: &str) -> Run {
         cmd.env_remove("PRICE_API_KEY");
     }
     Run::from(cmd.output().expect("run deployer"))
+}
+
+/// A case naming OUR_VPC etc. gets a network made in moto for it.
+fn with_moto_network(text: String) -> String {
+    if !text.contains("OUR_VPC") {
+        return text;
+    }
+    let n = support::moto_network();
+    text.replace("OUR_VPC", &n.vpc)
+        .replace("OUR_SUBNET", &n.subnet)
+        .replace("FOREIGN_SUBNET", &n.foreign_subnet)
+        .replace("OUR_SG", &n.security_group)
 }
 
 #[test]
@@ -281,7 +315,10 @@ fn every_class_of_bad_input_exits_2_naming_it_before_any_mutating_call() {
 #[test]
 fn plan_and_up_agree_on_what_is_valid() {
     for case in CASES.iter().filter(|c| {
-        c.class.contains("ECR") || c.class.contains("64 KiB") || c.class.contains("Dockerfile")
+        c.class.contains("ECR")
+            || c.class.contains("64 KiB")
+            || c.class.contains("Dockerfile")
+            || c.class.contains("existing network")
     }) {
         let project = support::unique("pfplan");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -292,6 +329,7 @@ fn plan_and_up_agree_on_what_is_valid() {
         }
         .replace("PROJECT", &project)
         .replace("IMAGE", &image());
+        let text = with_moto_network(text);
         std::fs::write(dir.path().join("deployer.yaml"), text).expect("write");
         let big = format!("services.flow.environment.BIG={}", "x".repeat(70 * 1024));
         let mut args = vec!["plan", "--json"];

@@ -358,3 +358,67 @@ fn moto_ecr_put(repo: &str, tag: Option<String>) -> String {
     .join()
     .expect("moto ECR setup")
 }
+
+/// A network the user made, in moto: a VPC with a subnet and a security group, and a subnet
+/// of a second VPC (for "does not belong together"). Blocking: usable from sync setup.
+pub struct MotoNetwork {
+    pub vpc: String,
+    pub subnet: String,
+    pub security_group: String,
+    pub foreign_subnet: String,
+}
+
+pub fn moto_network() -> MotoNetwork {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let ec2 = clients().await.ec2;
+            let vpc = |cidr: &'static str| {
+                let ec2 = ec2.clone();
+                async move {
+                    let out = ec2.create_vpc().cidr_block(cidr).send().await.expect("vpc");
+                    out.vpc()
+                        .and_then(|v| v.vpc_id())
+                        .expect("vpc id")
+                        .to_string()
+                }
+            };
+            let subnet = |vpc: String, cidr: &'static str| {
+                let ec2 = ec2.clone();
+                async move {
+                    let out = ec2
+                        .create_subnet()
+                        .vpc_id(vpc)
+                        .cidr_block(cidr)
+                        .send()
+                        .await
+                        .expect("subnet");
+                    out.subnet()
+                        .and_then(|s| s.subnet_id())
+                        .expect("subnet id")
+                        .to_string()
+                }
+            };
+            let (ours, theirs) = (vpc("10.77.0.0/16").await, vpc("10.78.0.0/16").await);
+            let security_group = ec2
+                .create_security_group()
+                .group_name(unique("sg"))
+                .description("deployer test")
+                .vpc_id(&ours)
+                .send()
+                .await
+                .expect("security group")
+                .group_id()
+                .expect("group id")
+                .to_string();
+            MotoNetwork {
+                subnet: subnet(ours.clone(), "10.77.1.0/24").await,
+                foreign_subnet: subnet(theirs, "10.78.1.0/24").await,
+                vpc: ours,
+                security_group,
+            }
+        })
+    })
+    .join()
+    .expect("moto EC2 setup")
+}
