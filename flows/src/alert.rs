@@ -139,12 +139,14 @@ pub struct Slack {
 }
 
 impl Slack {
-    pub fn new(url: Secret) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        Slack { http, url }
+    pub fn new(url: Secret) -> Result<Self, crate::http::ClientError> {
+        let http = crate::http::client(
+            "Slack",
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            |b| b,
+        )?;
+        Ok(Slack { http, url })
     }
 
     pub async fn post(&self, text: &str) -> Result<(), SlackError> {

@@ -121,7 +121,7 @@ impl Lease {
     pub async fn ensure(
         self: &Arc<Self>,
         shutdown: &mut watch::Receiver<bool>,
-        standby: &dyn Fn(&Standing),
+        standby: &dyn Fn(&Standing) -> futures::future::BoxFuture<'static, ()>,
     ) -> bool {
         if self.may_iterate() {
             return true;
@@ -150,7 +150,7 @@ impl Lease {
                 }
                 last_note = Some(standing.clone());
             }
-            standby(&standing);
+            standby(&standing).await;
             let poll = if since.elapsed() < FAST_FOR {
                 FAST_POLL
             } else {

@@ -3,6 +3,7 @@
 mod alert;
 mod body;
 mod config;
+mod http;
 mod identity;
 mod lease;
 mod logs;
@@ -82,6 +83,38 @@ fn main() -> ExitCode {
     rt.block_on(run(cfg))
 }
 
+type Started = (
+    Reporter,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<std::sync::Arc<lease::Lease>>,
+    Runner,
+);
+
+/// The reporter, the lease and the runner with every HTTP client they use: a client that
+/// cannot be built stops the flow here, before the first iteration.
+fn start(cfg: Config, identity: &identity::Identity) -> Result<Started, http::ClientError> {
+    let (reporter, worker) = match &cfg.prefect {
+        Some(p) => {
+            let (r, h) = Reporter::start(p, identity)?;
+            (r, Some(h))
+        }
+        None => (Reporter::disabled(), None),
+    };
+    let lease = match (&cfg.prefect, cfg.leader_lease) {
+        (Some(p), true) => Some(lease::Lease::new(
+            std::sync::Arc::new(prefect::PrefectClient::new(
+                &p.api_url,
+                p.api_key.clone(),
+                Duration::from_secs(5),
+            )?),
+            identity,
+        )),
+        _ => None,
+    };
+    let runner = Runner::new(cfg, reporter.clone(), identity, lease.clone())?;
+    Ok((reporter, worker, lease, runner))
+}
+
 async fn run(cfg: Config) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Err(e) = spawn_signal_handler(shutdown_tx) {
@@ -102,25 +135,13 @@ async fn run(cfg: Config) -> ExitCode {
         "deployment identity",
         json!({ "deployment": identity.parameter() }),
     );
-    let (mut reporter, worker) = match &cfg.prefect {
-        Some(p) => {
-            let (r, h) = Reporter::start(p, &identity);
-            (r, Some(h))
+    let (mut reporter, worker, lease, runner) = match start(cfg, &identity) {
+        Ok(started) => started,
+        Err(e) => {
+            logs::error("cannot start", json!({ "error": e.to_string() }));
+            return ExitCode::FAILURE;
         }
-        None => (Reporter::disabled(), None),
     };
-    let lease = match (&cfg.prefect, cfg.leader_lease) {
-        (Some(p), true) => Some(lease::Lease::new(
-            std::sync::Arc::new(prefect::PrefectClient::new(
-                &p.api_url,
-                p.api_key.clone(),
-                Duration::from_secs(5),
-            )),
-            &identity,
-        )),
-        _ => None,
-    };
-    let runner = Runner::new(cfg, reporter.clone(), &identity, lease.clone()).await;
     logs::info("price-stream starting", runner.describe());
     let summary = runner.run(shutdown_rx).await;
     drop(runner);

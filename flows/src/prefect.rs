@@ -10,10 +10,28 @@ use uuid::Uuid;
 
 use crate::config::Secret;
 use crate::logs;
-use crate::source::backoff;
+use backon::Retryable;
 
-/// The SQLite-backed server answers 503 in bursts under write load; ride them out.
-const ATTEMPTS: u32 = 6;
+/// The SQLite-backed server answers 503 in bursts under write load; ride them out (six
+/// attempts in all).
+const RETRIES: usize = 5;
+
+/// One sent request that did not succeed: retried when Prefect is busy or the connection
+/// failed before an answer.
+enum Sent {
+    /// 429/502/503: the response, kept so the last one is read like any other.
+    Busy(reqwest::Response),
+    Transport(reqwest::Error),
+}
+
+impl Sent {
+    fn retryable(&self) -> bool {
+        match self {
+            Sent::Busy(_) => true,
+            Sent::Transport(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrefectError {
@@ -70,20 +88,21 @@ pub struct PrefectClient {
 }
 
 impl PrefectClient {
-    pub fn new(base: &str, api_key: Option<Secret>, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .pool_max_idle_per_host(4)
-            .build()
-            .unwrap_or_default();
-        PrefectClient {
+    pub fn new(
+        base: &str,
+        api_key: Option<Secret>,
+        timeout: Duration,
+    ) -> Result<Self, crate::http::ClientError> {
+        let http = crate::http::client("Prefect", timeout, Duration::from_secs(3), |b| {
+            b.pool_max_idle_per_host(4)
+        })?;
+        Ok(PrefectClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             api_key,
             requests: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Recent latency of answered requests (zero before the first).
@@ -123,8 +142,7 @@ impl PrefectClient {
         body: Option<String>,
     ) -> Result<(StatusCode, Value), PrefectError> {
         let url = format!("{}{}", self.base, path);
-        let mut attempt = 0;
-        loop {
+        let send = || async {
             let mut req = self
                 .http
                 .request(method.clone(), &url)
@@ -139,47 +157,45 @@ impl PrefectClient {
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
             let sent = std::time::Instant::now();
-            let outcome = req.send().await;
-            if outcome.is_ok() {
-                self.observe_latency(sent.elapsed());
+            let resp = req.send().await.map_err(Sent::Transport)?;
+            self.observe_latency(sent.elapsed());
+            if matches!(resp.status().as_u16(), 429 | 502 | 503) {
+                return Err(Sent::Busy(resp));
             }
-            let retryable = match &outcome {
-                Ok(r) => matches!(r.status().as_u16(), 429 | 502 | 503),
-                Err(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+            Ok(resp)
+        };
+        let outcome = send
+            .retry(
+                crate::source::schedule(Duration::from_millis(100), Duration::from_secs(2))
+                    .with_max_times(RETRIES),
+            )
+            .when(Sent::retryable)
+            .await;
+        // without_url: a Cloud URL names the account; the key is a header and never printed.
+        let resp = match outcome {
+            Ok(resp) | Err(Sent::Busy(resp)) => resp,
+            Err(Sent::Transport(e)) => return Err(PrefectError::Transport(logs::http_error(e))),
+        };
+        let status = resp.status();
+        let text = crate::body::text_capped(resp, crate::body::PREFECT)
+            .await
+            .map_err(|e| match e {
+                crate::body::BodyError::Transport(t) => PrefectError::Transport(t),
+                too_large => PrefectError::Body(format!("{method} {path}: {too_large}")),
+            })?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            let value = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::Null)
             };
-            if retryable && attempt + 1 < ATTEMPTS {
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .await;
-                attempt += 1;
-                continue;
-            }
-            // without_url: a Cloud URL names the account; the key is a header and never printed.
-            let resp = outcome.map_err(|e| PrefectError::Transport(logs::http_error(e)))?;
-            let status = resp.status();
-            let text = crate::body::text_capped(resp, crate::body::PREFECT)
-                .await
-                .map_err(|e| match e {
-                    crate::body::BodyError::Transport(t) => PrefectError::Transport(t),
-                    too_large => PrefectError::Body(format!("{method} {path}: {too_large}")),
-                })?;
-            if status.is_success() || status == StatusCode::NOT_FOUND {
-                let value = if text.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_str(&text).unwrap_or(Value::Null)
-                };
-                return Ok((status, value));
-            }
-            return Err(PrefectError::Status {
-                what: format!("{method} {path}"),
-                status: status.as_u16(),
-                body: text.chars().take(300).collect(),
-            });
+            return Ok((status, value));
         }
+        Err(PrefectError::Status {
+            what: format!("{method} {path}"),
+            status: status.as_u16(),
+            body: text.chars().take(300).collect(),
+        })
     }
 
     fn id_of(what: &str, v: &Value) -> Result<Uuid, PrefectError> {

@@ -149,12 +149,12 @@ impl Reporter {
     pub fn start(
         settings: &PrefectSettings,
         identity: &crate::identity::Identity,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), crate::http::ClientError> {
         let client = Arc::new(PrefectClient::new(
             &settings.api_url,
             settings.api_key.clone(),
             Duration::from_secs(5),
-        ));
+        )?);
         let shared = Arc::new(Shared {
             client: Some(client.clone()),
             ..Shared::default()
@@ -178,13 +178,13 @@ impl Reporter {
             hold: settings.hold,
         };
         let handle = tokio::spawn(worker.run(rx));
-        (
+        Ok((
             Reporter {
                 tx: Some(tx),
                 shared,
             },
             handle,
-        )
+        ))
     }
 
     pub fn enabled(&self) -> bool {

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -194,21 +194,26 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Runner {
-    pub async fn new(
+    pub fn new(
         cfg: Config,
         reporter: Reporter,
         identity: &Identity,
         lease: Option<Arc<Lease>>,
-    ) -> Self {
+    ) -> Result<Self, crate::http::ClientError> {
         let source = source::build(
             &cfg.source,
             cfg.source_timeout,
             cfg.source_retries,
             cfg.source_max_bytes,
-        );
-        let sink = Sink::new(&cfg.sink).await;
-        let slack = cfg.alert.slack_webhook.clone().map(Slack::new);
-        Runner {
+        )?;
+        let sink = Sink::new(&cfg.sink)?;
+        let slack = cfg
+            .alert
+            .slack_webhook
+            .clone()
+            .map(Slack::new)
+            .transpose()?;
+        Ok(Runner {
             cfg,
             instance: identity.instance.clone(),
             lease,
@@ -217,7 +222,7 @@ impl Runner {
             slack,
             reporter,
             crossing: Mutex::new(CrossingState::default()),
-        }
+        })
     }
 
     pub fn describe(&self) -> Value {
@@ -252,7 +257,9 @@ impl Runner {
             if let Some(lease) = &self.lease {
                 let health = &self.cfg.health_file;
                 let pause = self.cfg.interval;
-                let standby = |s: &Standing| write_standby_health(health, s, pause);
+                let standby = |s: &Standing| -> futures::future::BoxFuture<'static, ()> {
+                    Box::pin(write_standby_health(health.clone(), s.clone(), pause))
+                };
                 if !lease.ensure(&mut shutdown, &standby).await {
                     break;
                 }
@@ -280,7 +287,7 @@ impl Runner {
                 );
                 pause = pause.max(b);
             }
-            write_health(&self.cfg.health_file, state, pause);
+            write_health(&self.cfg.health_file, state, pause).await;
             if limit.is_some_and(|n| summary.iterations >= n) || *shutdown.borrow() {
                 break;
             }
@@ -535,7 +542,7 @@ async fn watch_cancel(reporter: &Reporter, run_id: Uuid) -> String {
 }
 
 /// Stamps the health file read by `price-stream healthcheck`. Failures are logged, once.
-fn write_health(path: &Path, state: RunState, pause: Duration) {
+async fn write_health(path: &Path, state: RunState, pause: Duration) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let body = json!({
         "last_iteration_end_unix": Utc::now().timestamp(),
@@ -543,7 +550,7 @@ fn write_health(path: &Path, state: RunState, pause: Duration) {
         "pause_seconds": pause.as_secs_f64(),
     })
     .to_string();
-    let result = write_file_atomically(path, &body);
+    let result = write_file_atomically(path, &body).await;
     if let Err(e) = result
         && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
@@ -556,8 +563,8 @@ fn write_health(path: &Path, state: RunState, pause: Duration) {
 
 /// A standby (or fenced) instance is healthy: it is ready to take over, and replacing it
 /// would not help. The health file says why it does not iterate.
-fn write_standby_health(path: &Path, standing: &Standing, pause: Duration) {
-    let (state, note) = match standing {
+async fn write_standby_health(path: PathBuf, standing: Standing, pause: Duration) {
+    let (state, note) = match &standing {
         Standing::Standby(holder) => (
             "STANDBY",
             format!(
@@ -574,16 +581,17 @@ fn write_standby_health(path: &Path, standing: &Standing, pause: Duration) {
         "note": note,
         "pause_seconds": pause.as_secs_f64(),
     });
-    let _ = write_file_atomically(path, &body.to_string());
+    let _ = write_file_atomically(&path, &body.to_string()).await;
 }
 
-fn write_file_atomically(path: &Path, body: &str) -> std::io::Result<()> {
+/// tokio::fs: the one runtime thread also carries the reporter and the lease renewals.
+async fn write_file_atomically(path: &Path, body: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        tokio::fs::create_dir_all(dir).await?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    tokio::fs::write(&tmp, body).await?;
+    tokio::fs::rename(&tmp, path).await
 }
 
 /// `price-stream healthcheck`: healthy when the last iteration ended within
@@ -659,12 +667,12 @@ mod tests {
         assert!(it.current.lock().unwrap().is_none());
     }
 
-    #[test]
-    fn health_check_ages() {
+    #[tokio::test]
+    async fn health_check_ages() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/health");
         assert!(check_health(&path, 3, 60, 0).is_err());
-        write_health(&path, RunState::Completed, Duration::from_secs(100));
+        write_health(&path, RunState::Completed, Duration::from_secs(100)).await;
         let now = Utc::now().timestamp();
         assert!(check_health(&path, 3, 60, now + 250).is_ok());
         assert!(check_health(&path, 3, 60, now + 400).is_err());

@@ -37,13 +37,13 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub async fn new(kind: &SinkKind) -> Sink {
-        match kind {
+    pub fn new(kind: &SinkKind) -> Result<Sink, crate::http::ClientError> {
+        Ok(match kind {
             SinkKind::S3 { bucket, prefix } => {
-                Sink::S3(Box::new(S3Sink::from_env(bucket.clone(), prefix.clone())))
+                Sink::S3(Box::new(S3Sink::from_env(bucket.clone(), prefix.clone())?))
             }
             SinkKind::File { root } => Sink::File { root: root.clone() },
-        }
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -63,15 +63,16 @@ impl Sink {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 };
-                // Small local files: plain std::fs (no blocking-pool threads to keep alive).
+                // tokio::fs: a slow disk (a network mount) must not stall the reporter and
+                // the lease, which share this one-thread runtime.
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(fail)?;
+                    tokio::fs::create_dir_all(dir).await.map_err(fail)?;
                 }
                 // Write then rename: readers never see a half-written file, and a replay
                 // replaces the old file atomically.
                 let tmp = path.with_extension(format!("parquet.tmp-{}", std::process::id()));
-                std::fs::write(&tmp, &body).map_err(fail)?;
-                std::fs::rename(&tmp, &path).map_err(fail)?;
+                tokio::fs::write(&tmp, &body).await.map_err(fail)?;
+                tokio::fs::rename(&tmp, &path).await.map_err(fail)?;
                 Ok(format!("file://{}", path.display()))
             }
         }
@@ -122,25 +123,22 @@ fn presign_put(bucket: &Bucket, creds: &Credentials, key: &str) -> reqwest::Url 
 }
 
 impl S3Sink {
-    fn from_env(bucket_name: String, prefix: String) -> Self {
+    fn from_env(bucket_name: String, prefix: String) -> Result<Self, crate::http::ClientError> {
         let endpoint = env("AWS_ENDPOINT_URL_S3")
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .and_then(|u| reqwest::Url::parse(&u).ok());
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        S3Sink {
+        let http =
+            crate::http::client("S3", Duration::from_secs(30), Duration::from_secs(5), |b| b)?;
+        Ok(S3Sink {
             http,
             bucket: bucket(&bucket_name, &region, endpoint),
             bucket_name,
             prefix,
             cached: Mutex::new(None),
-        }
+        })
     }
 
     fn fail(&self, key: &str, reason: String) -> SinkError {
@@ -185,7 +183,7 @@ impl S3Sink {
         };
         let mut req = self.http.get(&url).timeout(Duration::from_secs(5));
         let token = match env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
-            Some(path) => std::fs::read_to_string(path).ok(),
+            Some(path) => tokio::fs::read_to_string(path).await.ok(),
             None => env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
         };
         if let Some(t) = token {
@@ -276,7 +274,7 @@ mod tests {
         let sink = Sink::new(&SinkKind::File {
             root: dir.path().to_path_buf(),
         })
-        .await;
+        .unwrap();
         let loc = sink
             .put("symbol=BTC/date=2026-01-01/a.parquet", vec![1, 2])
             .await

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -54,13 +55,13 @@ pub fn build(
     timeout: Duration,
     retries: u32,
     max_bytes: usize,
-) -> Box<dyn PriceSource> {
-    match kind {
+) -> Result<Box<dyn PriceSource>, crate::http::ClientError> {
+    Ok(match kind {
         SourceKind::Http(url) => {
-            Box::new(HttpSource::new(url.clone(), timeout, retries, max_bytes))
+            Box::new(HttpSource::new(url.clone(), timeout, retries, max_bytes)?)
         }
         SourceKind::Simulated => Box::new(SimulatedSource::new()),
-    }
+    })
 }
 
 /// Parses cryptocompare `pricemulti`: `{"BTC":{"USD":1.0,"EUR":0.9},"ETH":{...}}`.
@@ -119,19 +120,21 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    pub fn new(url: reqwest::Url, timeout: Duration, retries: u32, max_bytes: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("price-stream/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        HttpSource {
+    pub fn new(
+        url: reqwest::Url,
+        timeout: Duration,
+        retries: u32,
+        max_bytes: usize,
+    ) -> Result<Self, crate::http::ClientError> {
+        let client = crate::http::client("the price API", timeout, Duration::from_secs(5), |b| {
+            b.user_agent(concat!("price-stream/", env!("CARGO_PKG_VERSION")))
+        })?;
+        Ok(HttpSource {
             client,
             url,
             retries,
             max_bytes,
-        }
+        })
     }
 
     async fn attempt(&self) -> Result<Vec<Quote>, Attempt> {
@@ -187,11 +190,29 @@ pub fn redacted_endpoint(url: &reqwest::Url) -> String {
     u.to_string()
 }
 
-/// Exponential backoff with full jitter: base * 2^attempt, capped.
+/// The source's retries: `times` waits from 200 ms doubling to 5 s, with jitter.
+fn retries(times: u32) -> ExponentialBuilder {
+    schedule(Duration::from_millis(200), Duration::from_secs(5)).with_max_times(times as usize)
+}
+
+/// The flow's one backoff schedule (backon's): waits doubling from `base` to `cap`, each drawn
+/// from [w/2, w) (backon's jitter adds up to the delay itself, so it starts from half).
+pub fn schedule(base: Duration, cap: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(base / 2)
+        .with_max_delay(cap / 2)
+        .without_max_times()
+        .with_jitter()
+}
+
+/// The wait after `attempt` earlier consecutive failures, for loops that pace themselves
+/// (the runner after failed iterations, the reporter while Prefect is down).
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    let half = exp / 2;
-    half + exp.mul_f64(fastrand::f64() * 0.5)
+    use backon::BackoffBuilder;
+    schedule(base, cap)
+        .build()
+        .nth(attempt.min(32) as usize)
+        .unwrap_or(cap)
 }
 
 impl PriceSource for HttpSource {
@@ -201,47 +222,30 @@ impl PriceSource for HttpSource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<Quote>, SourceError>> {
         Box::pin(async move {
-            let mut attempt = 0;
-            loop {
-                let outcome = self.attempt().await;
-                let attempts = attempt + 1;
-                let failure = match outcome {
-                    Ok(quotes) => return Ok(quotes),
-                    Err(Attempt::Fatal(SourceError::Status {
-                        endpoint, status, ..
-                    })) => {
-                        return Err(SourceError::Status {
-                            endpoint,
-                            status,
-                            attempts,
-                        });
-                    }
-                    Err(Attempt::Fatal(e)) => return Err(e),
-                    Err(f) => f,
-                };
-                if attempt >= self.retries {
-                    let endpoint = redacted_endpoint(&self.url);
-                    return Err(match failure {
-                        Attempt::RetryStatus(status) => SourceError::Status {
-                            endpoint,
-                            status,
-                            attempts,
-                        },
-                        Attempt::Retry(reason) => SourceError::Unreachable {
-                            endpoint,
-                            attempts,
-                            reason,
-                        },
-                        Attempt::Fatal(e) => e,
-                    });
-                }
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(200),
-                    Duration::from_secs(5),
-                ))
-                .await;
-                attempt += 1;
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let outcome = (|| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.attempt()
+            })
+            .retry(retries(self.retries))
+            .when(|f| !matches!(f, Attempt::Fatal(_)))
+            .await;
+            let attempts = attempts.into_inner();
+            let endpoint = || redacted_endpoint(&self.url);
+            match outcome {
+                Ok(quotes) => Ok(quotes),
+                Err(Attempt::Fatal(SourceError::Status { status, .. }))
+                | Err(Attempt::RetryStatus(status)) => Err(SourceError::Status {
+                    endpoint: endpoint(),
+                    status,
+                    attempts,
+                }),
+                Err(Attempt::Fatal(e)) => Err(e),
+                Err(Attempt::Retry(reason)) => Err(SourceError::Unreachable {
+                    endpoint: endpoint(),
+                    attempts,
+                    reason,
+                }),
             }
         })
     }
@@ -336,12 +340,26 @@ mod tests {
     }
 
     #[test]
+    fn retries_wait_times_times_and_cap() {
+        use backon::BackoffBuilder;
+        let waits: Vec<Duration> = retries(6).build().collect();
+        assert_eq!(waits.len(), 6);
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
+        assert!(
+            waits.iter().all(|w| *w < Duration::from_secs(5)),
+            "{waits:?}"
+        );
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         let b = Duration::from_millis(100);
         let cap = Duration::from_secs(1);
         assert!(backoff(0, b, cap) <= b);
+        assert!(backoff(0, b, cap) >= b / 2);
         assert!(backoff(10, b, cap) <= cap);
         assert!(backoff(10, b, cap) >= cap / 2);
+        assert!(backoff(u32::MAX, b, cap) >= cap / 2);
     }
 
     #[tokio::test]
