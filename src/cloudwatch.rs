@@ -15,11 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_SINCE: Duration = Duration::from_secs(600);
 const FOLLOW_POLL: Duration = Duration::from_secs(2);
 
-/// The log group of a service (the service stack creates it).
-pub fn group(project: &str, service: &str) -> String {
-    format!("/ecs/{project}/{service}")
-}
-
 /// The log stream of one task's container.
 pub fn task_stream(service: &str, task_id: &str) -> String {
     format!("{service}/{service}/{task_id}")
@@ -76,7 +71,7 @@ pub async fn print(logs: &Client, c: &Config, args: &LogsArgs, ui: &Ui) -> Resul
     loop {
         let mut newest = from;
         for service in &services {
-            let g = group(&c.project, service);
+            let g = c.names().log_group(service);
             let lines = fetch(logs, &g, from, args.tail, &mut seen).await?;
             if lines.is_none() {
                 ui.warn(format!(
@@ -172,7 +167,7 @@ async fn fetch(
 /// Container Insights writes to `/aws/ecs/containerinsights/<cluster>/performance`, a group
 /// the cluster stack does not own: delete it with the cluster. True when it existed.
 pub async fn delete_insights_group(logs: &Client, cluster: &str) -> Result<bool> {
-    let name = format!("/aws/ecs/containerinsights/{cluster}/performance");
+    let name = crate::names::insights_log_group(cluster);
     match logs.delete_log_group().log_group_name(&name).send().await {
         Ok(_) => Ok(true),
         Err(e)
@@ -192,7 +187,10 @@ pub async fn delete_insights_group(logs: &Client, cluster: &str) -> Result<bool>
 mod tests {
     #[test]
     fn names_follow_the_awslogs_driver() {
-        assert_eq!(super::group("demo", "web"), "/ecs/demo/web");
+        assert_eq!(
+            crate::names::Names::new("demo").log_group("web"),
+            "/ecs/demo/web"
+        );
         assert_eq!(super::task_stream("web", "0f1e"), "web/web/0f1e");
     }
 }

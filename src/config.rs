@@ -689,6 +689,23 @@ fn set_path(node: &mut Value, keys: &[&str], value: &Value) -> std::result::Resu
 /// Semantic checks serde cannot express. Each entry names the key path.
 pub fn validate(c: &Config) -> Vec<String> {
     let mut p = Vec::new();
+    validate_project(c, &mut p);
+    match &c.network.existing {
+        Some(existing) => validate_existing_network(existing, &mut p),
+        None => validate_new_network(&c.network, &mut p),
+    }
+    if let Some(lake) = &c.data_lake {
+        validate_lake(lake, &mut p);
+    }
+    validate_local(c, &mut p);
+    for (name, s) in &c.services {
+        validate_service(name, s, &mut p);
+    }
+    p
+}
+
+/// The project's name, what it reserves in SSM, the registry, and that it has services.
+fn validate_project(c: &Config, p: &mut Vec<String>) {
     if !valid_name(&c.project, 28) {
         p.push(format!(
             "project: `{}` is not a valid name; use 1-28 lowercase letters, digits and '-', starting with a letter",
@@ -697,37 +714,6 @@ pub fn validate(c: &Config) -> Vec<String> {
     }
     if c.services.is_empty() {
         p.push("services: at least one service is required".into());
-    }
-    if let Some(existing) = &c.network.existing {
-        if existing.subnet_ids.is_empty() {
-            p.push("network.existing.subnet_ids: at least one subnet id is required".into());
-        }
-        if existing.security_group_ids.is_empty() {
-            p.push(
-                "network.existing.security_group_ids: at least one security group id is required"
-                    .into(),
-            );
-        }
-        for (i, s) in existing.subnet_ids.iter().enumerate() {
-            if !s.starts_with("subnet-") {
-                p.push(format!(
-                    "network.existing.subnet_ids[{i}]: `{s}` is not a subnet id (subnet-...)"
-                ));
-            }
-        }
-        for (i, s) in existing.security_group_ids.iter().enumerate() {
-            if !s.starts_with("sg-") {
-                p.push(format!("network.existing.security_group_ids[{i}]: `{s}` is not a security group id (sg-...)"));
-            }
-        }
-        if !existing.vpc_id.starts_with("vpc-") {
-            p.push(format!(
-                "network.existing.vpc_id: `{}` is not a VPC id (vpc-...)",
-                existing.vpc_id
-            ));
-        }
-    } else {
-        validate_new_network(&c.network, &mut p);
     }
     // SSM refuses parameter names whose first segment begins with `aws` or `ssm`: the
     // secrets live at /<project>/<service>/<NAME>.
@@ -748,179 +734,237 @@ pub fn validate(c: &Config) -> Vec<String> {
             c.registry.keep_images
         ));
     }
-    if let Some(lake) = &c.data_lake {
-        match &lake.bucket {
-            Some(b) if !valid_bucket(b) => p.push(format!(
-                "data_lake.bucket: `{b}` is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"
-            )),
-            None if !lake.create => p.push(
-                "data_lake.bucket: required unless data_lake.create is true (then the deployer makes <project>-data-<account>-<region>)".into(),
-            ),
-            _ => {}
-        }
-        if !lake.prefix.is_empty() && !lake.prefix.ends_with('/') {
+}
+
+/// `network.existing`: ids of the right kinds (their existence is checked against EC2 by
+/// src/preflight.rs).
+fn validate_existing_network(existing: &ExistingNetwork, p: &mut Vec<String>) {
+    if existing.subnet_ids.is_empty() {
+        p.push("network.existing.subnet_ids: at least one subnet id is required".into());
+    }
+    if existing.security_group_ids.is_empty() {
+        p.push(
+            "network.existing.security_group_ids: at least one security group id is required"
+                .into(),
+        );
+    }
+    for (i, s) in existing.subnet_ids.iter().enumerate() {
+        if !s.starts_with("subnet-") {
             p.push(format!(
-                "data_lake.prefix: `{}` must end with '/' (e.g. crypto/) so partitions are folders under it",
-                lake.prefix
-            ));
-        }
-        for (i, sym) in lake.symbols.iter().enumerate() {
-            if sym.is_empty()
-                || !sym
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
-                p.push(format!(
-                    "data_lake.symbols[{i}]: `{sym}` is not a symbol (letters, digits, '-', '_')"
-                ));
-            }
-        }
-        if !(1..=3650).contains(&lake.noncurrent_version_days) {
-            p.push(format!(
-                "data_lake.noncurrent_version_days: {} is out of range; allowed 1..=3650",
-                lake.noncurrent_version_days
-            ));
-        }
-        if lake.prefix.starts_with('/') || lake.prefix.contains('*') {
-            p.push(format!(
-                "data_lake.prefix: `{}` must not start with '/' or contain '*'",
-                lake.prefix
+                "network.existing.subnet_ids[{i}]: `{s}` is not a subnet id (subnet-...)"
             ));
         }
     }
-    validate_local(c, &mut p);
-    for (name, s) in &c.services {
-        let k = format!("services.{name}");
-        if !valid_name(name, 32) {
+    for (i, s) in existing.security_group_ids.iter().enumerate() {
+        if !s.starts_with("sg-") {
+            p.push(format!("network.existing.security_group_ids[{i}]: `{s}` is not a security group id (sg-...)"));
+        }
+    }
+    if !existing.vpc_id.starts_with("vpc-") {
+        p.push(format!(
+            "network.existing.vpc_id: `{}` is not a VPC id (vpc-...)",
+            existing.vpc_id
+        ));
+    }
+}
+
+fn validate_lake(lake: &DataLake, p: &mut Vec<String>) {
+    match &lake.bucket {
+        Some(b) if !valid_bucket(b) => p.push(format!(
+            "data_lake.bucket: `{b}` is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )),
+        None if !lake.create => p.push(
+            "data_lake.bucket: required unless data_lake.create is true (then the deployer makes <project>-data-<account>-<region>)".into(),
+        ),
+        _ => {}
+    }
+    if !lake.prefix.is_empty() && !lake.prefix.ends_with('/') {
+        p.push(format!(
+            "data_lake.prefix: `{}` must end with '/' (e.g. crypto/) so partitions are folders under it",
+            lake.prefix
+        ));
+    }
+    for (i, sym) in lake.symbols.iter().enumerate() {
+        if sym.is_empty()
+            || !sym
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
             p.push(format!(
-                "{k}: `{name}` is not a valid service name; use 1-32 lowercase letters, digits and '-', starting with a letter"
-            ));
-        }
-        match (&s.image, &s.build) {
-            (Some(_), Some(_)) => p.push(format!("{k}: set either `image` or `build`, not both")),
-            (None, None) => p.push(format!(
-                "{k}: no image source; set `image: URI` (prebuilt) or `build:` (Dockerfile), or pass --image URI"
-            )),
-            (Some(uri), None) if uri.trim().is_empty() || uri.contains(char::is_whitespace) => {
-                p.push(format!("{k}.image: `{uri}` is not an image URI"))
-            }
-            _ => {}
-        }
-        match fargate_memory_values(s.cpu) {
-            None => p.push(format!(
-                "{k}.cpu: {} is not a Fargate cpu value; allowed: {}",
-                s.cpu,
-                join(FARGATE_CPU_VALUES)
-            )),
-            Some(mem) if !mem.contains(&s.memory) => p.push(format!(
-                "{k}.memory: {} MiB is not valid with cpu {}; allowed: {}",
-                s.memory,
-                s.cpu,
-                join(&mem)
-            )),
-            Some(_) => {}
-        }
-        if s.desired_count > 1000 {
-            p.push(format!(
-                "{k}.desired_count: {} is out of range; allowed 0..=1000",
-                s.desired_count
-            ));
-        }
-        if !(2..=120).contains(&s.stop_timeout) {
-            p.push(format!(
-                "{k}.stop_timeout: {} s is out of range; Fargate allows 2..=120",
-                s.stop_timeout
-            ));
-        }
-        if s.architecture == Architecture::Arm64 && s.capacity == Capacity::FargateSpot {
-            p.push(format!(
-                "{k}.capacity: fargate_spot does not run arm64 tasks; use capacity: fargate, or architecture: x86_64"
-            ));
-        }
-        if let Some(h) = &s.health_check {
-            if h.command.is_empty() || h.command.iter().any(|c| c.trim().is_empty()) {
-                p.push(format!(
-                    "{k}.health_check.command: must be a non-empty list, e.g. [/price-stream, healthcheck]"
-                ));
-            }
-            for (field, value, range) in [
-                ("interval", h.interval, 5..=300),
-                ("timeout", h.timeout, 2..=60),
-                ("retries", h.retries, 1..=10),
-                ("start_period", h.start_period, 0..=300),
-            ] {
-                if !range.contains(&value) {
-                    p.push(format!(
-                        "{k}.health_check.{field}: {value} is out of range; ECS allows {}..={}",
-                        range.start(),
-                        range.end()
-                    ));
-                }
-            }
-        }
-        if !LOG_RETENTION_DAYS.contains(&s.log_retention_days) {
-            p.push(format!(
-                "{k}.log_retention_days: {} is not allowed by CloudWatch Logs; allowed: {}",
-                s.log_retention_days,
-                join(LOG_RETENTION_DAYS)
-            ));
-        }
-        for key in s.environment.keys() {
-            if !valid_env_name(key) {
-                p.push(format!(
-                    "{k}.environment.{key}: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
-                ));
-            }
-            if s.secrets.contains(key) {
-                p.push(format!("{k}.environment.{key}: also listed in secrets; a name is either plain or secret"));
-            }
-        }
-        for (i, secret) in s.secrets.iter().enumerate() {
-            if !valid_env_name(secret) {
-                // The text is not echoed: a value pasted where its name belongs may be a secret.
-                p.push(format!("{k}.secrets[{i}]: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*); give the secret's NAME here (its value comes from the environment); the text given is not shown in case it is the value"));
-            }
-        }
-        let d = &s.deployment;
-        if d.min_healthy_percent > 100 {
-            p.push(format!(
-                "{k}.deployment.min_healthy_percent: {} is out of range; allowed 0..=100",
-                d.min_healthy_percent
-            ));
-        }
-        if !(100..=200).contains(&d.max_percent) {
-            p.push(format!(
-                "{k}.deployment.max_percent: {} is out of range; allowed 100..=200",
-                d.max_percent
-            ));
-        }
-        if d.min_healthy_percent == 100 && d.max_percent == 100 {
-            p.push(format!(
-                "{k}.deployment: min_healthy_percent 100 with max_percent 100 can never roll; raise max_percent (200 for zero downtime)"
-            ));
-        }
-        if let Some(v) = &d.verify {
-            if !(1..=100).contains(&v.flow_runs) {
-                p.push(format!(
-                    "{k}.deployment.verify.flow_runs: {} is out of range; allowed 1..=100",
-                    v.flow_runs
-                ));
-            }
-            if !(10..=86_400).contains(&v.within) {
-                p.push(format!(
-                    "{k}.deployment.verify.within: {} s is out of range; allowed 10..=86400",
-                    v.within
-                ));
-            }
-        }
-        if !(30..=86_400).contains(&d.rollout_timeout) {
-            p.push(format!(
-                "{k}.deployment.rollout_timeout: {} s is out of range; allowed 30..=86400",
-                d.rollout_timeout
+                "data_lake.symbols[{i}]: `{sym}` is not a symbol (letters, digits, '-', '_')"
             ));
         }
     }
-    p
+    if !(1..=3650).contains(&lake.noncurrent_version_days) {
+        p.push(format!(
+            "data_lake.noncurrent_version_days: {} is out of range; allowed 1..=3650",
+            lake.noncurrent_version_days
+        ));
+    }
+    if lake.prefix.starts_with('/') || lake.prefix.contains('*') {
+        p.push(format!(
+            "data_lake.prefix: `{}` must not start with '/' or contain '*'",
+            lake.prefix
+        ));
+    }
+}
+
+/// One service: each concern in its own function, every problem collected.
+fn validate_service(name: &str, s: &Service, p: &mut Vec<String>) {
+    let k = format!("services.{name}");
+    validate_service_source(&k, name, s, p);
+    validate_service_size(&k, s, p);
+    if let Some(h) = &s.health_check {
+        validate_health_check(&k, h, p);
+    }
+    validate_service_environment(&k, s, p);
+    validate_deployment(&k, &s.deployment, p);
+}
+
+/// The name, and exactly one image source.
+fn validate_service_source(k: &str, name: &str, s: &Service, p: &mut Vec<String>) {
+    if !valid_name(name, 32) {
+        p.push(format!(
+            "{k}: `{name}` is not a valid service name; use 1-32 lowercase letters, digits and '-', starting with a letter"
+        ));
+    }
+    match (&s.image, &s.build) {
+        (Some(_), Some(_)) => p.push(format!("{k}: set either `image` or `build`, not both")),
+        (None, None) => p.push(format!(
+            "{k}: no image source; set `image: URI` (prebuilt) or `build:` (Dockerfile), or pass --image URI"
+        )),
+        (Some(uri), None) if uri.trim().is_empty() || uri.contains(char::is_whitespace) => {
+            p.push(format!("{k}.image: `{uri}` is not an image URI"))
+        }
+        _ => {}
+    }
+}
+
+/// Fargate cpu/memory, count, stop timeout and capacity.
+fn validate_service_size(k: &str, s: &Service, p: &mut Vec<String>) {
+    match fargate_memory_values(s.cpu) {
+        None => p.push(format!(
+            "{k}.cpu: {} is not a Fargate cpu value; allowed: {}",
+            s.cpu,
+            join(FARGATE_CPU_VALUES)
+        )),
+        Some(mem) if !mem.contains(&s.memory) => p.push(format!(
+            "{k}.memory: {} MiB is not valid with cpu {}; allowed: {}",
+            s.memory,
+            s.cpu,
+            join(&mem)
+        )),
+        Some(_) => {}
+    }
+    if s.desired_count > 1000 {
+        p.push(format!(
+            "{k}.desired_count: {} is out of range; allowed 0..=1000",
+            s.desired_count
+        ));
+    }
+    if !(2..=120).contains(&s.stop_timeout) {
+        p.push(format!(
+            "{k}.stop_timeout: {} s is out of range; Fargate allows 2..=120",
+            s.stop_timeout
+        ));
+    }
+    if s.architecture == Architecture::Arm64 && s.capacity == Capacity::FargateSpot {
+        p.push(format!(
+            "{k}.capacity: fargate_spot does not run arm64 tasks; use capacity: fargate, or architecture: x86_64"
+        ));
+    }
+}
+
+/// ECS's health check ranges.
+fn validate_health_check(k: &str, h: &HealthCheck, p: &mut Vec<String>) {
+    if h.command.is_empty() || h.command.iter().any(|c| c.trim().is_empty()) {
+        p.push(format!(
+            "{k}.health_check.command: must be a non-empty list, e.g. [/price-stream, healthcheck]"
+        ));
+    }
+    for (field, value, range) in [
+        ("interval", h.interval, 5..=300),
+        ("timeout", h.timeout, 2..=60),
+        ("retries", h.retries, 1..=10),
+        ("start_period", h.start_period, 0..=300),
+    ] {
+        if !range.contains(&value) {
+            p.push(format!(
+                "{k}.health_check.{field}: {value} is out of range; ECS allows {}..={}",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+}
+
+/// Log retention, variable names, secrets named (never echoed).
+fn validate_service_environment(k: &str, s: &Service, p: &mut Vec<String>) {
+    if !LOG_RETENTION_DAYS.contains(&s.log_retention_days) {
+        p.push(format!(
+            "{k}.log_retention_days: {} is not allowed by CloudWatch Logs; allowed: {}",
+            s.log_retention_days,
+            join(LOG_RETENTION_DAYS)
+        ));
+    }
+    for key in s.environment.keys() {
+        if !valid_env_name(key) {
+            p.push(format!(
+                "{k}.environment.{key}: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ));
+        }
+        if s.secrets.contains(key) {
+            p.push(format!(
+                "{k}.environment.{key}: also listed in secrets; a name is either plain or secret"
+            ));
+        }
+    }
+    for (i, secret) in s.secrets.iter().enumerate() {
+        if !valid_env_name(secret) {
+            // The text is not echoed: a value pasted where its name belongs may be a secret.
+            p.push(format!("{k}.secrets[{i}]: not a valid variable name ([A-Za-z_][A-Za-z0-9_]*); give the secret's NAME here (its value comes from the environment); the text given is not shown in case it is the value"));
+        }
+    }
+}
+
+fn validate_deployment(k: &str, d: &Deployment, p: &mut Vec<String>) {
+    if d.min_healthy_percent > 100 {
+        p.push(format!(
+            "{k}.deployment.min_healthy_percent: {} is out of range; allowed 0..=100",
+            d.min_healthy_percent
+        ));
+    }
+    if !(100..=200).contains(&d.max_percent) {
+        p.push(format!(
+            "{k}.deployment.max_percent: {} is out of range; allowed 100..=200",
+            d.max_percent
+        ));
+    }
+    if d.min_healthy_percent == 100 && d.max_percent == 100 {
+        p.push(format!(
+            "{k}.deployment: min_healthy_percent 100 with max_percent 100 can never roll; raise max_percent (200 for zero downtime)"
+        ));
+    }
+    if let Some(v) = &d.verify {
+        if !(1..=100).contains(&v.flow_runs) {
+            p.push(format!(
+                "{k}.deployment.verify.flow_runs: {} is out of range; allowed 1..=100",
+                v.flow_runs
+            ));
+        }
+        if !(10..=86_400).contains(&v.within) {
+            p.push(format!(
+                "{k}.deployment.verify.within: {} s is out of range; allowed 10..=86400",
+                v.within
+            ));
+        }
+    }
+    if !(30..=86_400).contains(&d.rollout_timeout) {
+        p.push(format!(
+            "{k}.deployment.rollout_timeout: {} s is out of range; allowed 30..=86400",
+            d.rollout_timeout
+        ));
+    }
 }
 
 /// The `local:` section: services it names exist, variable names are valid and not secrets.
@@ -1067,35 +1111,10 @@ fn validate_new_network(n: &Network, p: &mut Vec<String>) {
 }
 
 impl Config {
-    /// The single ECR repository every service's built image is pushed to (tags differ).
-    pub fn repository_name(&self) -> String {
-        self.project.clone()
+    /// Every name derived from the project (src/names.rs).
+    pub fn names(&self) -> crate::names::Names<'_> {
+        crate::names::Names::new(&self.project)
     }
-
-    pub fn stack_name(&self, part: StackPart<'_>) -> String {
-        match part {
-            StackPart::Registry => format!("{}-registry", self.project),
-            StackPart::Network => format!("{}-network", self.project),
-            StackPart::Cluster => format!("{}-cluster", self.project),
-            StackPart::Data => format!("{}-data", self.project),
-            StackPart::Service(name) => format!("{}-svc-{name}", self.project),
-        }
-    }
-
-    /// SSM parameter name holding one secret.
-    pub fn secret_parameter(&self, service: &str, secret: &str) -> String {
-        format!("/{}/{service}/{secret}", self.project)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum StackPart<'a> {
-    Registry,
-    Network,
-    Cluster,
-    /// The data lake (bucket and Glue table), with `data_lake.create: true`.
-    Data,
-    Service(&'a str),
 }
 
 /// The commented starter file written by `deployer init`.
@@ -1104,6 +1123,7 @@ pub const STARTER: &str = include_str!("../deployer.example.yaml");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::StackPart;
 
     fn parse_ok(text: &str) -> Config {
         parse(text, Path::new("deployer.yaml"), &[]).expect("valid config")
@@ -1127,7 +1147,7 @@ mod tests {
         assert_eq!(s.deployment.max_percent, 200);
         assert!(s.deployment.circuit_breaker);
         assert_eq!(c.network.subnet_cidrs.len(), 2);
-        assert_eq!(c.stack_name(StackPart::Service("web")), "demo-svc-web");
+        assert_eq!(c.names().stack(StackPart::Service("web")), "demo-svc-web");
     }
 
     #[test]

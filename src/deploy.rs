@@ -7,9 +7,10 @@
 
 use crate::aws::{self, Clients, Identity};
 use crate::cli::ImageFlags;
-use crate::config::{Config, Loaded, StackPart};
+use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
 use crate::image::{self, Platform, PublishRequest, PublishedImage};
+use crate::names::StackPart;
 use crate::rollout::{taskdef, track};
 use crate::stacks::{
     self, Applied, ApplyAction, StackPlan, StackSpec, StackStatus, StatusExt, Wait, templates,
@@ -39,11 +40,11 @@ fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
 
 pub fn registry_spec(c: &Config) -> StackSpec {
     StackSpec {
-        name: c.stack_name(StackPart::Registry),
+        name: c.names().stack(StackPart::Registry),
         template: templates::REGISTRY,
         parameters: params(&[
             ("Project", c.project.clone()),
-            ("RepositoryName", c.repository_name()),
+            ("RepositoryName", c.names().repository()),
             ("KeepImages", c.registry.keep_images.to_string()),
         ]),
         tags: stacks::project_tags(&c.project),
@@ -57,7 +58,7 @@ pub fn network_spec(c: &Config) -> Option<StackSpec> {
     }
     let subnet = |i: usize| c.network.subnet_cidrs.get(i).cloned().unwrap_or_default();
     Some(StackSpec {
-        name: c.stack_name(StackPart::Network),
+        name: c.names().stack(StackPart::Network),
         template: templates::NETWORK,
         parameters: params(&[
             ("Project", c.project.clone()),
@@ -80,11 +81,11 @@ pub fn cluster_spec(
         .map(|l| (l.bucket.clone(), l.prefix.clone()))
         .unwrap_or_default();
     StackSpec {
-        name: c.stack_name(StackPart::Cluster),
+        name: c.names().stack(StackPart::Cluster),
         template: templates::CLUSTER,
         parameters: params(&[
             ("Project", c.project.clone()),
-            ("RepositoryName", c.repository_name()),
+            ("RepositoryName", c.names().repository()),
             (
                 "ContainerInsights",
                 if c.cluster.container_insights {
@@ -121,7 +122,7 @@ fn network_out(c: &Config, outputs: Option<&BTreeMap<String, String>>) -> Result
         o.get(k).cloned().ok_or_else(|| {
             Error::failure(format!(
                 "{} has no output {k}",
-                c.stack_name(StackPart::Network)
+                c.names().stack(StackPart::Network)
             ))
         })
     };
@@ -139,7 +140,7 @@ pub fn service_spec(
 ) -> StackSpec {
     let s = &c.services[name];
     StackSpec {
-        name: c.stack_name(StackPart::Service(name)),
+        name: c.names().stack(StackPart::Service(name)),
         template: templates::SERVICE,
         parameters: params(&[
             ("Project", c.project.clone()),
@@ -227,7 +228,7 @@ pub async fn build_images(
     let mut out = Vec::new();
     for (name, s) in &c.services {
         let Some(spec) = &s.build else { continue };
-        let mut req = PublishRequest::new(spec, base_dir, c.repository_name());
+        let mut req = PublishRequest::new(spec, base_dir, c.names().repository());
         req.platform = platform(s);
         req.registry_override = flags.registry.clone();
         req.require_clean = flags.require_clean;
@@ -315,7 +316,7 @@ async fn existing(
 /// Everything `up` (or `redeploy`) does, in order; see the module comment.
 pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Result<UpReport> {
     let c = &ctx.loaded.config;
-    let (cl, ui, wait) = (&ctx.clients, &ctx.ui, ctx.wait);
+    let (cl, ui) = (&ctx.clients, &ctx.ui);
     let identity = aws::identity(&cl.sts).await?;
     ui.step(format!(
         "deploying {} to account {} in {} as {}",
@@ -327,17 +328,91 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     // Read every secret first: a missing one aborts before anything changes.
     let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
 
-    let registry = registry_spec(c);
     let lake = crate::lake::location(c, &identity.account, &cl.region);
+    let infra = infrastructure(ctx, flags, mode, &identity, lake.as_ref()).await?;
+    let mut applied_stacks = infra.stacks;
+
+    // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
+    let read_at = std::time::Instant::now();
+    for p in &pending {
+        if secrets::compare(&cl.ssm, p).await?.writes() {
+            crate::lock::before_change(read_at).await?;
+            break;
+        }
+    }
+    let secret_outcomes = secrets::apply(&cl.ssm, &c.project, &pending, ui).await?;
+
+    let sink = lake.as_ref().map(crate::lake::Location::sink_url);
+    let shared = Shared {
+        exec_role: &infra.exec_role,
+        task_role: &infra.task_role,
+        identity: &identity,
+        net: &infra.net,
+        cluster: &infra.cluster,
+        sink_url: sink.as_deref(),
+    };
+    let (services, service_stacks) =
+        deploy_services(ctx, &infra.images, &shared, &secret_outcomes).await?;
+    applied_stacks.extend(service_stacks);
+    let known: Vec<String> = applied_stacks.iter().map(|a| a.stack.clone()).collect();
+    for orphan in stacks::other_service_stacks(&cl.cfn, &c.project, &known).await? {
+        ui.warn(format!(
+            "{orphan}: its service is no longer in {} but keeps running; delete the stack (or run `deployer destroy`) to stop it",
+            ctx.loaded.path.display()
+        ));
+    }
+    write_artifacts(out_dir, &services)?;
+    let images = infra.images;
+    let unchanged = applied_stacks
+        .iter()
+        .all(|a| a.action == ApplyAction::Unchanged)
+        && services.iter().all(|s| !s.registered)
+        && secret_outcomes.iter().all(|s| !s.action.writes())
+        && images.iter().all(|i| i.image.skipped_push);
+    Ok(UpReport {
+        project: c.project.clone(),
+        region: cl.region.clone(),
+        account: identity.account,
+        stacks: applied_stacks,
+        images,
+        secrets: secret_outcomes,
+        services,
+        unchanged,
+    })
+}
+
+/// What the services are deployed onto.
+struct Infra {
+    /// Registry, network, cluster and data stacks, as applied (or found, for `redeploy`).
+    stacks: Vec<Applied>,
+    images: Vec<ImageReport>,
+    net: NetworkOut,
+    exec_role: String,
+    task_role: String,
+    cluster: String,
+}
+
+/// The registry (then the images), network, cluster and data stacks, side by side; every
+/// failure among them is reported.
+async fn infrastructure(
+    ctx: &Ctx,
+    flags: &ImageFlags,
+    mode: Mode,
+    identity: &Identity,
+    lake: Option<&crate::lake::Location>,
+) -> Result<Infra> {
+    let c = &ctx.loaded.config;
+    let (cl, ui, wait) = (&ctx.clients, &ctx.ui, ctx.wait);
+    let registry = registry_spec(c);
     let cluster = cluster_spec(
         c,
         &crate::preflight::extra_pull_repositories(c, identity.partition()),
-        lake.as_ref(),
+        lake,
     );
     let network = network_spec(c);
     // The data stack makes the bucket, or adopts the one an earlier stack retained (a read;
     // a bucket of that name that is not ours is refused here, before any change).
-    let data = match &lake {
+    let data = match lake {
         Some(loc) if loc.managed => {
             let create = crate::lake::create_bucket(&cl.s3_data, &cl.cfn, c, loc).await?;
             crate::lake::data_spec(c, loc, create)
@@ -370,54 +445,22 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
             None => Ok(None),
         }
     };
-    let (reg, net, clu, dat) = tokio::join!(
+    let joined = tokio::join!(
         registry_and_images,
         optional(network.clone()),
         infra(&cluster),
         optional(data)
     );
-    // Concurrent steps can fail together: show every failure, return the first.
-    let failed: Vec<&Error> = [
-        reg.as_ref().err(),
-        net.as_ref().err(),
-        clu.as_ref().err(),
-        dat.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for e in failed.iter().skip(1) {
-        ui.error(e);
-    }
-    let (registry_applied, images) = reg?;
-    let net = net?;
-    let clu = clu?;
-    let dat = dat?;
-    let net_out = network_out(c, net.as_ref().map(|a| &a.outputs))?;
-    let mut applied_stacks = vec![registry_applied];
-    applied_stacks.extend(net);
-    applied_stacks.push(clu.clone());
-    applied_stacks.extend(dat);
-
-    // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
-    let read_at = std::time::Instant::now();
-    for p in &pending {
-        if secrets::compare(&cl.ssm, p).await?.writes() {
-            crate::lock::before_change(read_at).await?;
-            break;
+    // Concurrent steps can fail together: every failure is reported.
+    let ((registry_applied, images), net, clu, dat) = match joined {
+        (Ok(r), Ok(n), Ok(c), Ok(d)) => (r, n, c, d),
+        (r, n, c, d) => {
+            let errors = [r.err(), n.err(), c.err(), d.err()];
+            return Err(Error::all(errors.into_iter().flatten().collect())
+                .unwrap_or_else(|| Error::failure("the infrastructure steps failed")));
         }
-    }
-    let secret_outcomes = secrets::apply(&cl.ssm, &c.project, &pending, ui).await?;
-
-    let image_for = |name: &str| -> Result<String> {
-        if let Some(i) = images.iter().find(|i| i.service == name) {
-            return Ok(i.image.image_uri.clone());
-        }
-        c.services[name]
-            .image
-            .clone()
-            .ok_or_else(|| Error::bad_input(format!("services.{name}: no image")))
     };
+    let net_out = network_out(c, net.as_ref().map(|a| &a.outputs))?;
     let role = |k: &str| {
         clu.outputs
             .get(k)
@@ -429,67 +472,64 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
         .outputs
         .get("ClusterName")
         .cloned()
-        .unwrap_or_else(|| c.project.clone());
+        .unwrap_or_else(|| c.names().cluster());
+    let mut stacks = vec![registry_applied];
+    stacks.extend(net);
+    stacks.push(clu);
+    stacks.extend(dat);
+    Ok(Infra {
+        stacks,
+        images,
+        net: net_out,
+        exec_role,
+        task_role,
+        cluster: cluster_name,
+    })
+}
 
-    let sink = lake.as_ref().map(crate::lake::Location::sink_url);
-    let shared = Shared {
-        exec_role: &exec_role,
-        task_role: &task_role,
-        identity: &identity,
-        net: &net_out,
-        cluster: &cluster_name,
-        sink_url: sink.as_deref(),
+/// Every service at once; every failure reported, not the first (each needs its own fix).
+async fn deploy_services(
+    ctx: &Ctx,
+    images: &[ImageReport],
+    shared: &Shared<'_>,
+    secret_outcomes: &[secrets::SecretOutcome],
+) -> Result<(Vec<ServiceReport>, Vec<Applied>)> {
+    let c = &ctx.loaded.config;
+    let image_for = |name: &str| -> Result<String> {
+        if let Some(i) = images.iter().find(|i| i.service == name) {
+            return Ok(i.image.image_uri.clone());
+        }
+        c.services[name]
+            .image
+            .clone()
+            .ok_or_else(|| Error::bad_input(format!("services.{name}: no image")))
     };
     let deploys = c.services.keys().map(|name| {
         let image = image_for(name);
         // Tasks read secrets at start: a changed value needs new tasks even when the task
         // definition (which holds only the parameter ARN) is unchanged.
-        let prefix = format!("/{}/{name}/", c.project);
+        let prefix = c.names().service_secrets_path(name);
         let secrets_changed = secret_outcomes.iter().any(|o| {
             o.parameter.starts_with(&prefix) && o.action == secrets::SecretAction::Updated
         });
-        let shared = &shared;
         async move { deploy_service(ctx, name, &image?, shared, secrets_changed).await }
     });
-    let results = futures::future::join_all(deploys).await;
     let mut services = Vec::new();
+    let mut stacks = Vec::new();
     let mut errors = Vec::new();
-    for r in results {
+    for r in futures::future::join_all(deploys).await {
         match r {
             Ok((report, applied)) => {
-                applied_stacks.push(applied);
+                stacks.push(applied);
                 services.push(report);
             }
             Err(e) => errors.push(e),
         }
     }
-    if let Some(first) = errors.into_iter().next() {
-        return Err(first);
+    match Error::all(errors) {
+        Some(e) => Err(e),
+        None => Ok((services, stacks)),
     }
-    let known: Vec<String> = applied_stacks.iter().map(|a| a.stack.clone()).collect();
-    for orphan in stacks::other_service_stacks(&cl.cfn, &c.project, &known).await? {
-        ui.warn(format!(
-            "{orphan}: its service is no longer in {} but keeps running; delete the stack (or run `deployer destroy`) to stop it",
-            ctx.loaded.path.display()
-        ));
-    }
-    write_artifacts(out_dir, &services)?;
-    let unchanged = applied_stacks
-        .iter()
-        .all(|a| a.action == ApplyAction::Unchanged)
-        && services.iter().all(|s| !s.registered)
-        && secret_outcomes.iter().all(|s| !s.action.writes())
-        && images.iter().all(|i| i.image.skipped_push);
-    Ok(UpReport {
-        project: c.project.clone(),
-        region: cl.region.clone(),
-        account: identity.account,
-        stacks: applied_stacks,
-        images,
-        secrets: secret_outcomes,
-        services,
-        unchanged,
-    })
 }
 
 /// The checks `plan` and `up` share: local (files, rendered task definitions) and read-only
@@ -604,7 +644,7 @@ async fn deploy_service(
         timeout: Duration::from_secs(svc.deployment.rollout_timeout),
         ..ctx.wait
     };
-    let log_group = crate::cloudwatch::group(&c.project, name);
+    let log_group = c.names().log_group(name);
     let logs = track::Logs {
         client: &cl.logs,
         group: &log_group,
@@ -827,94 +867,22 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         futures::future::join_all(specs.iter().map(|s| stacks::plan(&cl.cfn, s, wait))).await;
     let mut stack_plans = plans.into_iter().collect::<Result<Vec<_>>>()?;
 
-    let cluster_live = stacks::describe(&cl.cfn, &c.stack_name(StackPart::Cluster)).await?;
+    let cluster_live = stacks::describe(&cl.cfn, &c.names().stack(StackPart::Cluster)).await?;
     let net_live = match network_spec(c) {
         Some(s) => stacks::describe(&cl.cfn, &s.name).await?,
         None => None,
     };
     let sink = lake.as_ref().map(crate::lake::Location::sink_url);
+    let live = LiveInfra {
+        cluster: cluster_live.as_ref(),
+        network: net_live.as_ref(),
+        sink: sink.as_deref(),
+    };
     let mut td_plans = Vec::new();
-    for (name, svc) in &c.services {
-        let family = taskdef::family(&c.project, name);
-        let live = taskdef::latest(&cl.ecs, &family).await?;
-        let out = |k: &str| {
-            cluster_live
-                .as_ref()
-                .and_then(|l| l.outputs.get(k).cloned())
-                .unwrap_or_default()
-        };
-        // A service built from source keeps its live image in the plan: the tag is only known after the build.
-        let image = match (&svc.image, &live) {
-            (Some(i), _) => i.clone(),
-            (None, Some(l)) => l
-                .def
-                .container_definitions
-                .first()
-                .map(|c| c.image.clone())
-                .unwrap_or_default(),
-            (None, None) => "(built at deploy time)".into(),
-        };
-        let desired = taskdef::render(&taskdef::RenderInput {
-            project: &c.project,
-            service_name: name,
-            service: svc,
-            image: &image,
-            region: &cl.region,
-            account: &identity.account,
-            partition: identity.partition(),
-            execution_role_arn: &out("ExecutionRoleArn"),
-            task_role_arn: &out("TaskRoleArn"),
-            sink_url: sink.as_deref(),
-        });
-        let differences = match &live {
-            Some(l) => diff_json(&l.def, &desired),
-            None => vec!["new family".into()],
-        };
-        let changed = !differences.is_empty();
-        td_plans.push(TaskDefPlan {
-            service: name.clone(),
-            family,
-            action: if changed {
-                TaskDefAction::Register
-            } else {
-                TaskDefAction::Unchanged
-            },
-            differences,
-        });
-        let stack_name = c.stack_name(StackPart::Service(name));
-        let service_live = stacks::describe(&cl.cfn, &stack_name).await?;
-        let plan = match (&service_live, &live) {
-            (Some(sl), Some(l))
-                if sl.status.complete() && sl.status != StackStatus::RollbackComplete =>
-            {
-                let net = network_out(c, net_live.as_ref().map(|n| &n.outputs)).unwrap_or_default();
-                // Plan against the live revision; a new revision shows as a change of the service.
-                let current_arn = sl
-                    .parameters
-                    .get("TaskDefinitionArn")
-                    .cloned()
-                    .unwrap_or(l.arn.clone());
-                let arn = if changed { current_arn } else { l.arn.clone() };
-                let p = stacks::plan(&cl.cfn, &service_spec(c, name, &arn, &net), wait).await?;
-                match (p, changed) {
-                    (StackPlan::NoChange { stack }, true) => StackPlan::Update {
-                        stack,
-                        changes: vec![stacks::ResourceChange {
-                            action: "Modify".into(),
-                            logical_id: "Service".into(),
-                            resource_type: "AWS::ECS::Service".into(),
-                            replacement: Some("False".into()),
-                        }],
-                    },
-                    (p, _) => p,
-                }
-            }
-            _ => {
-                let spec = service_spec(c, name, "(new revision)", &NetworkOut::default());
-                stacks::plan(&cl.cfn, &spec, wait).await?
-            }
-        };
-        stack_plans.push(plan);
+    for name in c.services.keys() {
+        let (td_plan, stack_plan) = plan_service(ctx, name, &identity, &live).await?;
+        td_plans.push(td_plan);
+        stack_plans.push(stack_plan);
     }
     // Secrets: a missing value is bad input here too; a new or changed value is a change.
     let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
@@ -937,6 +905,106 @@ pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
         secrets: secret_plans,
         changes,
     })
+}
+
+/// What `plan` reads once and every service's plan shares.
+struct LiveInfra<'a> {
+    cluster: Option<&'a stacks::LiveStack>,
+    network: Option<&'a stacks::LiveStack>,
+    sink: Option<&'a str>,
+}
+
+/// One service: its task definition against the live revision, its stack through a change set.
+async fn plan_service(
+    ctx: &Ctx,
+    name: &str,
+    identity: &Identity,
+    infra: &LiveInfra<'_>,
+) -> Result<(TaskDefPlan, StackPlan)> {
+    let c = &ctx.loaded.config;
+    let (cl, wait) = (&ctx.clients, ctx.wait);
+    let svc = &c.services[name];
+    let (cluster_live, net_live, sink) = (infra.cluster, infra.network, infra.sink);
+    let family = c.names().family(name);
+    let live = taskdef::latest(&cl.ecs, &family).await?;
+    let out = |k: &str| {
+        cluster_live
+            .as_ref()
+            .and_then(|l| l.outputs.get(k).cloned())
+            .unwrap_or_default()
+    };
+    // A service built from source keeps its live image in the plan: the tag is only known after the build.
+    let image = match (&svc.image, &live) {
+        (Some(i), _) => i.clone(),
+        (None, Some(l)) => l
+            .def
+            .container_definitions
+            .first()
+            .map(|c| c.image.clone())
+            .unwrap_or_default(),
+        (None, None) => "(built at deploy time)".into(),
+    };
+    let desired = taskdef::render(&taskdef::RenderInput {
+        project: &c.project,
+        service_name: name,
+        service: svc,
+        image: &image,
+        region: &cl.region,
+        account: &identity.account,
+        partition: identity.partition(),
+        execution_role_arn: &out("ExecutionRoleArn"),
+        task_role_arn: &out("TaskRoleArn"),
+        sink_url: sink,
+    });
+    let differences = match &live {
+        Some(l) => diff_json(&l.def, &desired),
+        None => vec!["new family".into()],
+    };
+    let changed = !differences.is_empty();
+    let td_plan = TaskDefPlan {
+        service: name.to_string(),
+        family,
+        action: if changed {
+            TaskDefAction::Register
+        } else {
+            TaskDefAction::Unchanged
+        },
+        differences,
+    };
+    let stack_name = c.names().stack(StackPart::Service(name));
+    let service_live = stacks::describe(&cl.cfn, &stack_name).await?;
+    let plan = match (&service_live, &live) {
+        (Some(sl), Some(l))
+            if sl.status.complete() && sl.status != StackStatus::RollbackComplete =>
+        {
+            let net = network_out(c, net_live.as_ref().map(|n| &n.outputs)).unwrap_or_default();
+            // Plan against the live revision; a new revision shows as a change of the service.
+            let current_arn = sl
+                .parameters
+                .get("TaskDefinitionArn")
+                .cloned()
+                .unwrap_or(l.arn.clone());
+            let arn = if changed { current_arn } else { l.arn.clone() };
+            let p = stacks::plan(&cl.cfn, &service_spec(c, name, &arn, &net), wait).await?;
+            match (p, changed) {
+                (StackPlan::NoChange { stack }, true) => StackPlan::Update {
+                    stack,
+                    changes: vec![stacks::ResourceChange {
+                        action: "Modify".into(),
+                        logical_id: "Service".into(),
+                        resource_type: "AWS::ECS::Service".into(),
+                        replacement: Some("False".into()),
+                    }],
+                },
+                (p, _) => p,
+            }
+        }
+        _ => {
+            let spec = service_spec(c, name, "(new revision)", &NetworkOut::default());
+            stacks::plan(&cl.cfn, &spec, wait).await?
+        }
+    };
+    Ok((td_plan, plan))
 }
 
 /// Top-level JSON keys (and container fields) that differ, for a readable plan.
@@ -1006,7 +1074,7 @@ pub async fn service_refs(
             )),
         );
     }
-    let cluster = stacks::describe(cfn, &c.stack_name(StackPart::Cluster))
+    let cluster = stacks::describe(cfn, &c.names().stack(StackPart::Cluster))
         .await?
         .and_then(|l| l.outputs.get("ClusterName").cloned())
         .unwrap_or_else(|| c.project.clone());
@@ -1015,10 +1083,10 @@ pub async fn service_refs(
         .filter(|k| only.is_none_or(|o| o == k.as_str()))
         .map(|name| crate::rollout::rollback::ServiceRef {
             service: name.clone(),
-            stack: c.stack_name(StackPart::Service(name)),
-            family: taskdef::family(&c.project, name),
+            stack: c.names().stack(StackPart::Service(name)),
+            family: c.names().family(name),
             cluster: cluster.clone(),
-            log_group: crate::cloudwatch::group(&c.project, name),
+            log_group: c.names().log_group(name),
         })
         .collect())
 }

@@ -3,10 +3,10 @@
 //! with a colliding name is refused before a single deletion.
 
 use crate::aws::{Clients, describe as describe_err};
-use crate::config::{Config, StackPart};
+use crate::config::Config;
 use crate::deploy::network_spec;
 use crate::error::{Error, Result};
-use crate::rollout::taskdef;
+use crate::names::StackPart;
 use crate::secrets;
 use crate::stacks::{self, Wait};
 use crate::status::stack_names;
@@ -148,7 +148,7 @@ async fn run(
 ) -> Result<()> {
     let has = |n: &str| existing.iter().any(|e| e == n);
     // 1. Services, all at once.
-    let svc_prefix = format!("{}-svc-", c.project);
+    let svc_prefix = c.names().service_stack_prefix();
     let services: Vec<String> = existing
         .iter()
         .filter(|n| n.starts_with(&svc_prefix))
@@ -165,16 +165,12 @@ async fn run(
         report.deleted_stacks.push(n.clone());
     }
     // 2. Task definition revisions the deployer registered.
-    let mut families: Vec<String> = c
-        .services
-        .keys()
-        .map(|s| taskdef::family(&c.project, s))
-        .collect();
+    let mut families: Vec<String> = c.services.keys().map(|s| c.names().family(s)).collect();
     families.extend(
         services
             .iter()
             .filter_map(|n| n.strip_prefix(&svc_prefix))
-            .map(|s| taskdef::family(&c.project, s)),
+            .map(|s| c.names().family(s)),
     );
     families.sort();
     families.dedup();
@@ -183,7 +179,7 @@ async fn run(
     }
     // 3. The cluster once its tasks have stopped (a deleted service's tasks take up to their
     //    stop timeout to go), then the network (Fargate ENIs take minutes to release).
-    let cluster_stack = c.stack_name(StackPart::Cluster);
+    let cluster_stack = c.names().stack(StackPart::Cluster);
     if has(&cluster_stack) {
         let cluster = stacks::describe(&cl.cfn, &cluster_stack)
             .await?
@@ -205,7 +201,7 @@ async fn run(
             ));
             report
                 .deleted_log_groups
-                .push(format!("/aws/ecs/containerinsights/{cluster}/performance"));
+                .push(crate::names::insights_log_group(&cluster));
         }
     }
     if let Some(network) = network_spec(c).map(|s| s.name).filter(|n| has(n)) {
@@ -213,14 +209,14 @@ async fn run(
         report.deleted_stacks.push(network);
     }
     // 4. Images, then the repository's stack (CloudFormation cannot delete a non-empty repository).
-    let registry = c.stack_name(StackPart::Registry);
+    let registry = c.names().stack(StackPart::Registry);
     if has(&registry) {
-        report.deleted_images = delete_images(&cl.ecr, &c.repository_name(), ui).await?;
+        report.deleted_images = delete_images(&cl.ecr, &c.names().repository(), ui).await?;
         stacks::delete(&cl.cfn, &registry, wait, ui).await?;
         report.deleted_stacks.push(registry);
     }
     // 5. The data stack: its Glue table goes, its bucket stays (DeletionPolicy Retain).
-    let data = c.stack_name(StackPart::Data);
+    let data = c.names().stack(StackPart::Data);
     if has(&data) {
         stacks::delete(&cl.cfn, &data, wait, ui).await?;
         report.deleted_stacks.push(data);

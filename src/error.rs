@@ -58,6 +58,37 @@ impl Error {
         self.report = Some(Box::new(report));
         self
     }
+
+    /// Every failure of steps that ran side by side (one per service), as one error: each
+    /// message and help kept, in order. The exit code is theirs when they agree, else 1.
+    pub fn all(errors: Vec<Error>) -> Option<Error> {
+        if errors.len() <= 1 {
+            return errors.into_iter().next();
+        }
+        let code = if errors.iter().all(|e| e.code == errors[0].code) {
+            errors[0].code
+        } else {
+            ExitCode::Failure
+        };
+        let mut message = format!("{} steps failed:", errors.len());
+        let mut helps: Vec<String> = Vec::new();
+        let mut report = None;
+        for e in errors {
+            message.push_str(&format!("\n  - {}", e.message.replace('\n', "\n    ")));
+            if let Some(h) = e.help
+                && !helps.contains(&h)
+            {
+                helps.push(h);
+            }
+            report = report.or(e.report);
+        }
+        Some(Error {
+            code,
+            message,
+            help: (!helps.is_empty()).then(|| helps.join("\n  help: ")),
+            report,
+        })
+    }
 }
 
 impl fmt::Display for Error {
@@ -71,3 +102,28 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_failures_are_kept_and_the_code_is_shared_or_1() {
+        assert!(Error::all(Vec::new()).is_none());
+        let one = Error::all(vec![Error::timeout("a")]).expect("one");
+        assert_eq!((one.code, one.message.as_str()), (ExitCode::Timeout, "a"));
+        let same = Error::all(vec![Error::timeout("a"), Error::timeout("b")]).expect("two");
+        assert_eq!(same.code, ExitCode::Timeout);
+        let mixed = Error::all(vec![
+            Error::timeout("svc a timed out").with_help("raise --timeout"),
+            Error::new(ExitCode::RolledBack, "svc b rolled back\nreason")
+                .with_help("raise --timeout"),
+        ])
+        .expect("mixed");
+        assert_eq!(mixed.code, ExitCode::Failure);
+        assert_eq!(
+            mixed.to_string(),
+            "2 steps failed:\n  - svc a timed out\n  - svc b rolled back\n    reason\n  help: raise --timeout"
+        );
+    }
+}

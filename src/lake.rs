@@ -3,8 +3,9 @@
 //! only when asked (`destroy --delete-data`). User data is never deleted by accident: the
 //! bucket has DeletionPolicy Retain, so deleting the stack leaves it and its objects.
 
-use crate::config::{Config, StackPart};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::names::StackPart;
 use crate::stacks::{self, StackSpec, templates};
 use crate::ui::Ui;
 use serde::Serialize;
@@ -70,7 +71,7 @@ pub fn data_spec(c: &Config, loc: &Location, create_bucket: bool) -> Option<Stac
         ),
     ];
     Some(StackSpec {
-        name: c.stack_name(StackPart::Data),
+        name: c.names().stack(StackPart::Data),
         template: templates::DATA,
         parameters: params
             .iter()
@@ -89,7 +90,7 @@ pub async fn create_bucket(
     c: &Config,
     loc: &Location,
 ) -> Result<bool> {
-    if let Some(live) = stacks::describe(cfn, &c.stack_name(StackPart::Data)).await? {
+    if let Some(live) = stacks::describe(cfn, &c.names().stack(StackPart::Data)).await? {
         // The stack exists: keep what it does today.
         return Ok(live
             .parameters

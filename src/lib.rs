@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod lake;
 pub mod local;
 pub mod lock;
+pub mod names;
 pub mod preflight;
 pub mod retry;
 pub mod rollout;

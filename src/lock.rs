@@ -76,8 +76,8 @@ impl Store {
     pub fn s3(client: aws_sdk_s3::Client, account: &str, region: &str, project: &str) -> Self {
         Store::S3 {
             client,
-            bucket: format!("deployer-locks-{account}-{region}"),
-            key: format!("{project}.json"),
+            bucket: crate::names::lock_bucket(account, region),
+            key: crate::names::Names::new(project).lock_key(),
             region: region.to_string(),
         }
     }

@@ -12,7 +12,7 @@ use deployer::stacks::Wait;
 use deployer::ui::Ui;
 use deployer::{destroy, interrupt, status, summary, target};
 use serde_json::json;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -206,7 +206,7 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
                 }
             };
             let md = summary::local_up_markdown(&report);
-            write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui);
+            write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui)?;
             ui.result(summary::local_up_text(&report).trim_end());
             let mut v = ok_json(&report);
             v["seconds"] = json!(started.elapsed().as_secs_f64());
@@ -283,12 +283,14 @@ fn failed(
     }
     let f = summary::Failure::new(mode.command(), &loaded.config.project, target, &e, exists);
     let _ = std::fs::create_dir_all(out_dir);
-    write_summaries(
+    if let Err(w) = write_summaries(
         out_dir,
         &summary::failure_markdown(&f),
         &summary::failure_outputs(&f),
         ui,
-    );
+    ) {
+        ui.warn(w.message);
+    }
     let now = if f.exists_now.is_empty() {
         "nothing of the project".to_string()
     } else {
@@ -310,16 +312,25 @@ fn ok_json(report: &impl serde::Serialize) -> serde_json::Value {
 }
 
 /// `<out>/summary.md`, the job summary and the step outputs. The summary file is a
-/// convenience; failing to write it must not fail a deploy.
-fn write_summaries(out_dir: &Path, md: &str, outputs: &str, ui: &Ui) {
+/// convenience; failing to write it must not fail a deploy. The step outputs are not: later
+/// steps of the job would read them empty, so failing to write them is an error (exit 1).
+fn write_summaries(out_dir: &Path, md: &str, outputs: &str, ui: &Ui) -> Result<()> {
     if let Err(e) = std::fs::write(out_dir.join("summary.md"), md) {
         ui.warn(format!(
             "could not write {}/summary.md: {e}",
             out_dir.display()
         ));
     }
-    summary::append_env_file("GITHUB_STEP_SUMMARY", md);
-    summary::append_env_file("GITHUB_OUTPUT", outputs);
+    for (var, text) in [("GITHUB_STEP_SUMMARY", md), ("GITHUB_OUTPUT", outputs)] {
+        summary::append_env_file(var, text).map_err(|e| {
+            Error::failure(format!(
+                "could not write ${var} ({e}): later steps of the job would read empty outputs (the command's own summary is in {}/summary.md)",
+                out_dir.display()
+            ))
+            .with_help(format!("make ${var} a writable file, or unset it outside GitHub Actions"))
+        })?;
+    }
+    Ok(())
 }
 
 fn print_images(loaded: &Loaded, images: &[deploy::ImageReport], ui: &Ui) -> Result<ExitCode> {
@@ -396,7 +407,7 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
                 &summary::up_markdown(&report),
                 &summary::up_outputs(&report),
                 ui,
-            );
+            )?;
             ui.result(summary::up_text(&report).trim_end());
             let calls = calls_json(&ctx.clients);
             ui.detail(format!(
@@ -489,10 +500,7 @@ fn confirm_destroy(project: &str, what: &[String], yes: bool, ui: &Ui) -> Result
         );
     }
     ui.step(format!("This deletes:\n  {}", what.join("\n  ")));
-    eprint!("Type the project name ({project}) to confirm: ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
+    let line = ui.prompt(format!("Type the project name ({project}) to confirm: "));
     if line.trim() == project {
         Ok(())
     } else {

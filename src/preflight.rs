@@ -68,7 +68,7 @@ pub fn extra_pull_repositories(c: &Config, partition: &str) -> Vec<String> {
         .services
         .values()
         .filter_map(|s| s.image.as_deref().and_then(EcrImage::parse))
-        .filter(|i| i.repository != c.repository_name())
+        .filter(|i| i.repository != c.names().repository())
         .map(|i| i.repository_arn(partition))
         .collect();
     arns.sort();

@@ -67,7 +67,7 @@ pub async fn preflight(
     let mut missing = Vec::new();
     for (service, s) in &config.services {
         for name in &s.secrets {
-            let parameter = config.secret_parameter(service, name);
+            let parameter = config.names().secret_parameter(service, name);
             let value = env(name).filter(|v| !v.is_empty()).map(SecretString::from);
             if value.is_none() && !exists(ssm, &parameter).await? {
                 missing.push(format!(
@@ -211,7 +211,7 @@ pub async fn owned_parameters(ssm: &aws_sdk_ssm::Client, project: &str) -> Resul
     loop {
         let out = ssm
             .get_parameters_by_path()
-            .path(format!("/{project}/"))
+            .path(crate::names::Names::new(project).secrets_path())
             .recursive(true)
             .set_next_token(next.clone())
             .send()

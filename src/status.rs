@@ -1,8 +1,9 @@
 //! `status`: stacks and their states, per service desired/running, revision and image.
 
-use crate::config::{Config, StackPart};
+use crate::config::Config;
 use crate::deploy::network_spec;
 use crate::error::Result;
+use crate::names::StackPart;
 use crate::rollout::{taskdef, track};
 use crate::stacks;
 use serde::Serialize;
@@ -35,16 +36,16 @@ pub struct StatusReport {
 }
 
 pub fn stack_names(c: &Config) -> Vec<String> {
-    let mut names = vec![c.stack_name(StackPart::Registry)];
+    let mut names = vec![c.names().stack(StackPart::Registry)];
     names.extend(network_spec(c).map(|s| s.name));
-    names.push(c.stack_name(StackPart::Cluster));
+    names.push(c.names().stack(StackPart::Cluster));
     if c.data_lake.as_ref().is_some_and(|l| l.create) {
-        names.push(c.stack_name(StackPart::Data));
+        names.push(c.names().stack(StackPart::Data));
     }
     names.extend(
         c.services
             .keys()
-            .map(|s| c.stack_name(StackPart::Service(s))),
+            .map(|s| c.names().stack(StackPart::Service(s))),
     );
     names
 }
@@ -56,10 +57,10 @@ pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport
     }))
     .await;
     let mut stacks_out = Vec::new();
-    let mut cluster_name = c.project.clone();
+    let mut cluster_name = c.names().cluster();
     for (name, live) in lives {
         let live = live?;
-        if name == c.stack_name(StackPart::Cluster)
+        if name == c.names().stack(StackPart::Cluster)
             && let Some(n) = live.as_ref().and_then(|l| l.outputs.get("ClusterName"))
         {
             cluster_name = n.clone();
@@ -71,10 +72,8 @@ pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport
     }
     let mut services = Vec::new();
     for name in c.services.keys() {
-        // An error here means no cluster yet: nothing deployed.
-        let state = track::describe(&cl.ecs, &cluster_name, name)
-            .await
-            .unwrap_or_default();
+        // None: no cluster or no service yet (a denied or throttled call is an error).
+        let state = track::describe(&cl.ecs, &cluster_name, name).await?;
         let Some(state) = state else {
             services.push(ServiceStatus {
                 service: name.clone(),
@@ -89,10 +88,7 @@ pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport
             });
             continue;
         };
-        let td = taskdef::latest(&cl.ecs, &state.task_definition)
-            .await
-            .ok()
-            .flatten();
+        let td = taskdef::latest(&cl.ecs, &state.task_definition).await?;
         services.push(ServiceStatus {
             service: name.clone(),
             status: state.status,

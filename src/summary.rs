@@ -119,17 +119,17 @@ pub fn up_outputs(r: &UpReport) -> String {
 }
 
 /// Append to a file named by an environment variable (GitHub's job summary and outputs).
-pub fn append_env_file(var: &str, text: &str) {
-    if let Some(path) = std::env::var_os(var) {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(&path))
-        {
-            let _ = f.write_all(text.as_bytes());
-        }
-    }
+pub fn append_env_file(var: &str, text: &str) -> std::io::Result<()> {
+    let Some(path) = std::env::var_os(var) else {
+        return Ok(());
+    };
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&path))?
+        .write_all(text.as_bytes())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", Path::new(&path).display())))
 }
 
 pub fn plan_text(r: &PlanReport) -> String {
@@ -398,7 +398,7 @@ pub fn local_destroy_text(r: &crate::local::DestroyReport) -> String {
         let _ = writeln!(
             s,
             "  removed network {}",
-            crate::local::spec::network_name(&r.project)
+            crate::names::Names::new(&r.project).local_network()
         );
     }
     if r.images_kept {

@@ -67,6 +67,23 @@ impl Ui {
         self.eprint(&format!("error: {msg}"));
     }
 
+    /// Ask on stderr (no newline) and read one line from stdin, with any bar suspended.
+    pub fn prompt(&self, question: impl Display) -> String {
+        let ask = || {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{question}");
+            let _ = err.flush();
+            drop(err);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line);
+            line
+        };
+        match &self.bars {
+            Some(bars) => bars.suspend(ask),
+            None => ask(),
+        }
+    }
+
     fn eprint(&self, line: &str) {
         match &self.bars {
             Some(bars) => bars.suspend(|| eprintln!("{line}")),

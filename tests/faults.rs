@@ -305,7 +305,7 @@ fn revisions(project: &str, service: &str) -> usize {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let cl = support::clients().await;
-        let family = deployer::rollout::taskdef::family(project, service);
+        let family = deployer::names::Names::new(project).family(service);
         cl.ecs
             .list_task_definitions()
             .family_prefix(&family)

@@ -2,7 +2,8 @@
 //! what existing deployments made (stacks, repository, parameters, log groups, containers).
 //! A change to this snapshot is a migration, not a refactor.
 
-use deployer::config::{StackPart, parse};
+use deployer::config::parse;
+use deployer::names::{StackPart, insights_log_group, lock_bucket};
 use std::path::Path;
 
 #[test]
@@ -13,31 +14,36 @@ fn every_derived_name_is_pinned() {
         &[],
     )
     .expect("fixture config");
+    let n = c.names();
     let mut lines = vec![
-        format!("repository: {}", c.repository_name()),
-        format!("stack registry: {}", c.stack_name(StackPart::Registry)),
-        format!("stack network: {}", c.stack_name(StackPart::Network)),
-        format!("stack cluster: {}", c.stack_name(StackPart::Cluster)),
-        format!("stack data: {}", c.stack_name(StackPart::Data)),
-        format!(
-            "local network: {}",
-            deployer::local::spec::network_name("demo")
-        ),
+        format!("repository: {}", n.repository()),
+        format!("stack registry: {}", n.stack(StackPart::Registry)),
+        format!("stack network: {}", n.stack(StackPart::Network)),
+        format!("stack cluster: {}", n.stack(StackPart::Cluster)),
+        format!("stack data: {}", n.stack(StackPart::Data)),
+        format!("local network: {}", n.local_network()),
     ];
     for s in ["flow", "web"] {
         lines.extend([
-            format!("{s}: stack {}", c.stack_name(StackPart::Service(s))),
-            format!(
-                "{s}: family {}",
-                deployer::rollout::taskdef::family("demo", s)
-            ),
-            format!("{s}: log group {}", deployer::cloudwatch::group("demo", s)),
-            format!("{s}: secret {}", c.secret_parameter(s, "PRICE_API_KEY")),
-            format!(
-                "{s}: container {}",
-                deployer::local::spec::container_name("demo", s, 3, 1)
-            ),
+            format!("{s}: stack {}", n.stack(StackPart::Service(s))),
+            format!("{s}: family {}", n.family(s)),
+            format!("{s}: log group {}", n.log_group(s)),
+            format!("{s}: secret {}", n.secret_parameter(s, "PRICE_API_KEY")),
+            format!("{s}: container {}", n.local_container(s, 3, 1)),
         ]);
     }
+    // Pinned when the naming layer was made (src/names.rs); the lines above predate it.
+    lines.extend([
+        format!("cluster: {}", n.cluster()),
+        format!("service stack prefix: {}", n.service_stack_prefix()),
+        format!("secrets path: {}", n.secrets_path()),
+        format!("flow: secrets path {}", n.service_secrets_path("flow")),
+        format!(
+            "deploy lock: s3://{}/{}",
+            lock_bucket("123456789012", "eu-west-1"),
+            n.lock_key()
+        ),
+        format!("insights log group: {}", insights_log_group(&n.cluster())),
+    ]);
     insta::assert_snapshot!(lines.join("\n"));
 }

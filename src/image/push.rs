@@ -5,10 +5,13 @@ use super::auth::RegistryAuth;
 use super::build::human_bytes;
 use crate::error::{Error, Result};
 use crate::ui::Ui;
+use backon::{ExponentialBuilder, Retryable};
 use bollard::Docker;
 use bollard::query_parameters::PushImageOptionsBuilder;
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Retries for transient push failures: `attempts` tries in all, the delay doubling from
@@ -31,11 +34,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.initial_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+    /// The delays between attempts (`attempts - 1` of them), for `backon`.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
     }
 }
 
@@ -95,21 +99,29 @@ fn classify(message: &str) -> Failure {
         "connection reset",
         "broken pipe",
         "eof",
-        "502",
-        "503",
-        "504",
-        "429",
         "too many requests",
         "internal server error",
         "bad gateway",
         "service unavailable",
         "tls handshake",
         "temporar",
-    ]) {
+    ]) || ["502", "503", "504", "429"]
+        .iter()
+        .any(|c| has_status(&m, c))
+    {
         Failure::Transient
     } else {
         Failure::Other
     }
+}
+
+/// `code` as a word of its own ("HTTP status: 503 Service Unavailable"), never as digits
+/// inside a digest or a size (`sha256:…5029…`), which the engine's messages also carry.
+fn has_status(message: &str, code: &str) -> bool {
+    message.match_indices(code).any(|(i, _)| {
+        let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        !alnum(message[..i].chars().next_back()) && !alnum(message[i + code.len()..].chars().next())
+    })
 }
 
 /// Push `repository:tag` (`repository` includes the registry host).
@@ -124,73 +136,82 @@ pub async fn push_image(
     let started = Instant::now();
     let host = repository.split('/').next().unwrap_or(repository);
     let spinner = ui.spinner(format!("pushing {repository}:{tag}"));
-    let mut total = LayerTally::default();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    // One tally across attempts: layers a failed attempt uploaded are skipped by the next.
+    // (Sync cells: the push future may be sent between threads.)
+    let total = Mutex::new(LayerTally::default());
+    let attempt = AtomicU32::new(0);
+    let result = (|| async {
+        attempt.fetch_add(1, Ordering::Relaxed);
         let mut tally = LayerTally::default();
         let result = push_once(docker, repository, tag, auth, &mut tally, &spinner, ui).await;
-        total.pushed += tally.pushed;
-        total.bytes += tally.bytes();
-        total.skipped = tally.skipped;
-        let error = match result {
-            Ok(digest) => {
-                let seconds = started.elapsed().as_secs_f64();
-                spinner.finish(format!(
-                    "pushed {repository}:{tag} in {seconds:.1}s: {} layers uploaded ({}), {} already present",
-                    total.pushed,
-                    human_bytes(total.bytes),
-                    total.skipped
-                ));
-                return Ok(Pushed {
-                    digest,
-                    layers_pushed: total.pushed,
-                    layers_skipped: total.skipped,
-                    bytes_pushed: total.bytes,
-                    attempts: attempt,
-                    seconds,
-                });
-            }
-            Err(error) => error,
-        };
-        let kind = classify(&error);
-        let retryable = matches!(kind, Failure::Transient | Failure::Unreachable);
-        if retryable && attempt < retry.attempts {
-            let delay = retry.delay(attempt);
-            spinner.println(format!(
-                "push attempt {attempt}/{} failed ({}); retrying in {:.1}s",
-                retry.attempts,
-                error.trim(),
-                delay.as_secs_f64()
+        let mut t = total
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.pushed += tally.pushed;
+        t.bytes += tally.bytes();
+        t.skipped = tally.skipped;
+        result
+    })
+    .retry(retry.backoff())
+    .when(|e| matches!(classify(e), Failure::Transient | Failure::Unreachable))
+    .notify(|e, delay| {
+        spinner.println(format!(
+            "push attempt {}/{} failed ({}); retrying in {:.1}s",
+            attempt.load(Ordering::Relaxed),
+            retry.attempts,
+            e.trim(),
+            delay.as_secs_f64()
+        ))
+    })
+    .await;
+    let attempt = attempt.into_inner();
+    let total = total
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let error = match result {
+        Ok(digest) => {
+            let seconds = started.elapsed().as_secs_f64();
+            spinner.finish(format!(
+                "pushed {repository}:{tag} in {seconds:.1}s: {} layers uploaded ({}), {} already present",
+                total.pushed,
+                human_bytes(total.bytes),
+                total.skipped
             ));
-            tokio::time::sleep(delay).await;
-            continue;
+            return Ok(Pushed {
+                digest,
+                layers_pushed: total.pushed,
+                layers_skipped: total.skipped,
+                bytes_pushed: total.bytes,
+                attempts: attempt,
+                seconds,
+            });
         }
-        spinner.finish("push failed");
-        return Err(match kind {
-            Failure::Unreachable => Error::failure(format!(
-                "registry {host} is unreachable after {attempt} attempts: {}",
-                error.trim()
-            ))
-            .with_help("check that the registry is running and reachable from the Docker engine (for a local one: scripts/start-registry.sh PORT DIR)"),
-            Failure::Transient => Error::failure(format!(
-                "push to {host} kept failing after {attempt} attempts: {}",
-                error.trim()
-            ))
-            .with_help("retry later; the registry or the network is having trouble"),
-            Failure::Auth => Error::failure(format!(
-                "registry {host} refused the push (authentication/authorization): {}",
-                error.trim()
-            ))
-            .with_help("check the AWS credentials: the caller needs ecr:GetAuthorizationToken and push permissions on the repository"),
-            Failure::MissingRepository => Error::failure(format!(
-                "repository {repository} does not exist in the registry: {}",
-                error.trim()
-            ))
-            .with_help("create it first (`deployer up` creates the ECR repository)"),
-            Failure::Other => Error::failure(format!("push of {repository}:{tag} failed: {}", error.trim())),
-        });
-    }
+        Err(error) => error,
+    };
+    spinner.finish("push failed");
+    Err(match classify(&error) {
+        Failure::Unreachable => Error::failure(format!(
+            "registry {host} is unreachable after {attempt} attempts: {}",
+            error.trim()
+        ))
+        .with_help("check that the registry is running and reachable from the Docker engine (for a local one: scripts/start-registry.sh PORT DIR)"),
+        Failure::Transient => Error::failure(format!(
+            "push to {host} kept failing after {attempt} attempts: {}",
+            error.trim()
+        ))
+        .with_help("retry later; the registry or the network is having trouble"),
+        Failure::Auth => Error::failure(format!(
+            "registry {host} refused the push (authentication/authorization): {}",
+            error.trim()
+        ))
+        .with_help("check the AWS credentials: the caller needs ecr:GetAuthorizationToken and push permissions on the repository"),
+        Failure::MissingRepository => Error::failure(format!(
+            "repository {repository} does not exist in the registry: {}",
+            error.trim()
+        ))
+        .with_help("create it first (`deployer up` creates the ECR repository)"),
+        Failure::Other => Error::failure(format!("push of {repository}:{tag} failed: {}", error.trim())),
+    })
 }
 
 /// One push attempt; returns the manifest digest or the engine's error text.
@@ -315,6 +336,12 @@ mod tests {
             Failure::Transient
         );
         assert_eq!(classify("manifest invalid"), Failure::Other);
+        // Status digits inside a digest or a size are not a status.
+        assert_eq!(
+            classify("manifest sha256:ab5029c4290e5039 size 5040 invalid"),
+            Failure::Other
+        );
+        assert_eq!(classify("toomanyrequests: 429"), Failure::Transient);
     }
 
     #[test]
@@ -327,8 +354,8 @@ mod tests {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(300),
         };
-        assert_eq!(r.delay(1), Duration::from_millis(100));
-        assert_eq!(r.delay(2), Duration::from_millis(200));
-        assert_eq!(r.delay(3), Duration::from_millis(300));
+        use backon::BackoffBuilder;
+        let ms: Vec<u128> = r.backoff().build().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 300, 300], "four waits between five attempts");
     }
 }

@@ -4,7 +4,6 @@
 
 use super::spec::{
     ContainerSpec, LABEL_IMAGE_OF, LABEL_PROJECT, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
-    network_name,
 };
 use crate::config::LocalNetwork;
 use crate::error::{Error, Result};
@@ -254,7 +253,7 @@ impl Engine {
         let (network_mode, extra_hosts) = match spec.network {
             LocalNetwork::Host => ("host".to_string(), None),
             LocalNetwork::Bridge => (
-                network_name(project),
+                crate::names::Names::new(project).local_network(),
                 Some(vec!["host.docker.internal:host-gateway".to_string()]),
             ),
         };
@@ -414,7 +413,7 @@ impl Engine {
 
     /// Create the project's bridge network unless it exists; refuse one the deployer did not make.
     pub async fn ensure_network(&self, project: &str) -> Result<bool> {
-        let name = network_name(project);
+        let name = crate::names::Names::new(project).local_network();
         if let Some(labels) = self.network_labels(&name).await? {
             if labels.get(LABEL_PROJECT).map(String::as_str) == Some(project) {
                 return Ok(false);
@@ -459,7 +458,7 @@ impl Engine {
 
     /// Remove the project's network if it exists and is the deployer's.
     pub async fn remove_network(&self, project: &str) -> Result<bool> {
-        let name = network_name(project);
+        let name = crate::names::Names::new(project).local_network();
         match self.network_labels(&name).await? {
             Some(l) if l.get(LABEL_PROJECT).map(String::as_str) == Some(project) => {
                 self.docker

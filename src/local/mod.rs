@@ -181,10 +181,8 @@ impl<'a> Local<'a> {
         let images = self.images(&engine, flags).await?;
         let lake = lake_dir(self.loaded, true)?;
         if c.local.network == LocalNetwork::Bridge && engine.ensure_network(&c.project).await? {
-            self.ui.step(format!(
-                "created network {}",
-                spec::network_name(&c.project)
-            ));
+            self.ui
+                .step(format!("created network {}", c.names().local_network()));
         }
         let key = self.state_dir.key()?;
         let mut state = self.state_dir.load()?;
@@ -282,7 +280,7 @@ impl<'a> Local<'a> {
             );
             for rev in kept.into_iter().chain([next]) {
                 for slot in 1..=max_total {
-                    let container = spec::container_name(&c.project, name, rev, slot);
+                    let container = c.names().local_container(name, rev, slot);
                     if let Some(labels) = engine.labels_of(&container).await?
                         && !(labels.get(LABEL_PROJECT) == Some(&c.project)
                             && labels.contains_key(spec::LABEL_SPEC))
@@ -314,7 +312,8 @@ impl<'a> Local<'a> {
         for (name, s) in &c.services {
             let report = match (&s.build, &s.image) {
                 (Some(spec), _) => {
-                    let mut req = PublishRequest::new(spec, &self.loaded.dir, c.repository_name());
+                    let mut req =
+                        PublishRequest::new(spec, &self.loaded.dir, c.names().repository());
                     req.platform = crate::deploy::platform(s);
                     req.require_clean = flags.require_clean;
                     req.push = false;
@@ -506,7 +505,7 @@ impl<'a> Local<'a> {
                 .get("PREFECT_API_URL")
                 .map(String::as_str),
         )?;
-        let service = format!("{}-{name}", c.project);
+        let service = c.names().family(name);
         let (verdict, report) =
             crate::verify::wait(&prefect, &service, &target.hash, v, self.ui).await;
         if verdict == crate::verify::Verdict::Passed {
@@ -579,7 +578,7 @@ pub fn container_env(
         env.push(format!("{name}={value}"));
     }
     let identity = [
-        format!("{}-{}", c.project, rev.spec.service),
+        c.names().family(&rev.spec.service),
         rev.hash.clone(),
         rev.spec.image_id.clone(),
         container.to_string(),
@@ -760,7 +759,7 @@ impl Local<'_> {
             engine.project_images(&c.project).await?
         };
         let network = engine
-            .network_labels(&spec::network_name(&c.project))
+            .network_labels(&c.names().local_network())
             .await?
             .is_some_and(|l| l.get(LABEL_PROJECT) == Some(&c.project));
         let lake = lake_dir(self.loaded, false)?;
@@ -789,7 +788,7 @@ impl Local<'_> {
             .map(|i| format!("container {} (revision {})", i.name, i.revision))
             .collect();
         if network {
-            what.push(format!("network {}", spec::network_name(&c.project)));
+            what.push(format!("network {}", c.names().local_network()));
         }
         what.extend(images.iter().map(|i| format!("image {i}")));
         what.push(format!("state {}", self.state_dir.path.display()));

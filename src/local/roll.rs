@@ -14,7 +14,7 @@
 //! apart from the engine.
 
 use super::engine::{Engine, Instance};
-use super::spec::{ContainerSpec, container_name};
+use super::spec::ContainerSpec;
 use super::state::Revision;
 use crate::error::{Error, ExitCode, Result};
 use crate::interrupt;
@@ -362,7 +362,11 @@ impl Tracker<'_> {
                 break;
             }
             let slot = free.next().unwrap_or(1);
-            let name = container_name(r.project, r.service, r.target.number, slot);
+            let name = crate::names::Names::new(r.project).local_container(
+                r.service,
+                r.target.number,
+                slot,
+            );
             let env = (r.env)(r.target, &name)?;
             r.engine.remove(&name).await?;
             r.engine
@@ -521,7 +525,11 @@ impl Tracker<'_> {
             .collect();
         let mut free = (1..).filter(|s| !existing.contains(s));
         for _ in running..r.desired {
-            let name = container_name(r.project, r.service, prev.number, free.next().unwrap_or(1));
+            let name = crate::names::Names::new(r.project).local_container(
+                r.service,
+                prev.number,
+                free.next().unwrap_or(1),
+            );
             let env = (r.env)(prev, &name)?;
             r.engine.remove(&name).await?;
             r.engine

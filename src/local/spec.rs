@@ -211,18 +211,6 @@ fn show(v: Option<&serde_json::Value>) -> String {
     }
 }
 
-/// The container name of one instance: `<project>-<service>-<revision>-<slot>`. Names are
-/// deterministic so a clash with a container the deployer did not create is found before
-/// anything starts.
-pub fn container_name(project: &str, service: &str, revision: u32, slot: u32) -> String {
-    format!("{project}-{service}-{revision}-{slot}")
-}
-
-/// The bridge network of a project (network mode `bridge`).
-pub fn network_name(project: &str) -> String {
-    format!("deployer-{project}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,10 +98,6 @@ pub struct RenderInput<'a> {
     pub sink_url: Option<&'a str>,
 }
 
-pub fn family(project: &str, service: &str) -> String {
-    format!("{project}-{service}")
-}
-
 pub fn render(i: &RenderInput<'_>) -> TaskDef {
     let s = i.service;
     let mut environment: Vec<NameValue> = s
@@ -135,7 +131,7 @@ pub fn render(i: &RenderInput<'_>) -> TaskDef {
         .collect();
     secrets.sort_by(|a, b| a.name.cmp(&b.name));
     TaskDef {
-        family: family(i.project, i.service_name),
+        family: crate::names::Names::new(i.project).family(i.service_name),
         cpu: s.cpu.to_string(),
         memory: s.memory.to_string(),
         network_mode: "awsvpc".into(),
@@ -168,7 +164,7 @@ pub fn render(i: &RenderInput<'_>) -> TaskDef {
                 options: BTreeMap::from([
                     (
                         "awslogs-group".into(),
-                        format!("/ecs/{}/{}", i.project, i.service_name),
+                        crate::names::Names::new(i.project).log_group(i.service_name),
                     ),
                     ("awslogs-region".into(), i.region.into()),
                     ("awslogs-stream-prefix".into(), i.service_name.into()),
@@ -197,14 +193,13 @@ pub async fn latest(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Option<Li
         Ok(o) => o,
         Err(e) => {
             let msg = crate::aws::message(&e).unwrap_or_default();
-            if msg.contains("Unable to describe")
-                || msg.contains("not found")
-                || msg.contains("does not exist")
-            {
-                return Ok(None);
-            }
-            if let Some(se) = e.as_service_error()
-                && se.is_client_exception()
+            // ECS answers a missing family with a ClientException "Unable to describe task
+            // definition"; other ClientExceptions (a malformed name, a denied call) are errors.
+            if e.as_service_error()
+                .is_some_and(|se| se.is_client_exception())
+                && (msg.contains("Unable to describe")
+                    || msg.contains("not found")
+                    || msg.contains("does not exist"))
             {
                 return Ok(None);
             }

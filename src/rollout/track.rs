@@ -30,13 +30,29 @@ pub async fn describe(
     cluster: &str,
     service: &str,
 ) -> Result<Option<ServiceState>> {
-    let out = ecs
+    let out = match ecs
         .describe_services()
         .cluster(cluster)
         .services(service)
         .send()
         .await
-        .map_err(|e| Error::failure(format!("describe service {service}: {}", describe_err(&e))))?;
+    {
+        Ok(out) => out,
+        // No cluster: nothing of the project is deployed. Any other error (a missing
+        // permission, throttling) is reported, never read as "not found".
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_cluster_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(crate::aws::failure(
+                &format!("describe service {service}"),
+                &e,
+            ));
+        }
+    };
     let Some(s) = out.services().first() else {
         return Ok(None);
     };

@@ -450,7 +450,7 @@ pub async fn other_service_stacks(
     project: &str,
     known: &[String],
 ) -> Result<Vec<String>> {
-    let prefix = format!("{project}-svc-");
+    let prefix = crate::names::Names::new(project).service_stack_prefix();
     // ListStacks returns summaries (cheap, no tags): describe only the names that match.
     let mut candidates = Vec::new();
     let mut pages = cfn.list_stacks().into_paginator().send();
@@ -483,6 +483,51 @@ pub async fn other_service_stacks(
 /// Bring one stack to `spec`: create, update, recreate after a failed create, or nothing.
 pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Result<Applied> {
     let read_at = Instant::now();
+    // 1. Prepare: a settled stack of ours, or none (a failed create is deleted first).
+    let Some(Prepared { live, recreated }) = prepare(cfn, spec, wait, ui, read_at).await? else {
+        // Decided before holding the lock: decide again (another deploy may have applied it).
+        return Box::pin(apply(cfn, spec, wait, ui)).await;
+    };
+    let creating = live.is_none()
+        || live
+            .as_ref()
+            .is_some_and(|l| l.status == StackStatus::ReviewInProgress);
+    // 2. Compare: nothing to do when the live stack already is the spec.
+    if let Some(l) = &live
+        && !creating
+        && is_current(cfn, spec, l, ui).await?
+    {
+        ui.detail(format!("{}: up to date", spec.name));
+        return Ok(Applied {
+            stack: spec.name.clone(),
+            action: ApplyAction::Unchanged,
+            outputs: l.outputs.clone(),
+            previous_parameters: l.parameters.clone(),
+        });
+    }
+    if lock::before_change(read_at).await? {
+        return Box::pin(apply(cfn, spec, wait, ui)).await;
+    }
+    // 3. Execute, through a change set, to a verdict.
+    execute_changes(cfn, spec, live, creating, recreated, wait, ui).await
+}
+
+/// The live stack `apply` starts from.
+struct Prepared {
+    live: Option<LiveStack>,
+    /// A failed create was deleted to be created again.
+    recreated: bool,
+}
+
+/// Wait for an operation in progress, refuse a stack that is not ours or is stuck, delete one
+/// a failed create left behind. None: the lock was taken after the decision, decide again.
+async fn prepare(
+    cfn: &Client,
+    spec: &StackSpec,
+    wait: Wait,
+    ui: &Ui,
+    read_at: Instant,
+) -> Result<Option<Prepared>> {
     let mut live = describe(cfn, &spec.name).await?;
     // Another operation may be running on the stack (a concurrent deploy, a rollback).
     if let Some(l) = &live
@@ -514,7 +559,7 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
                     spec.name, l.status
                 ));
                 if lock::before_change(read_at).await? {
-                    return Box::pin(apply(cfn, spec, wait, ui)).await;
+                    return Ok(None);
                 }
                 delete(cfn, &spec.name, wait, ui).await?;
                 live = None;
@@ -535,31 +580,24 @@ pub async fn apply(cfn: &Client, spec: &StackSpec, wait: Wait, ui: &Ui) -> Resul
             _ => {}
         }
     }
-    let creating = live.is_none()
-        || live
-            .as_ref()
-            .is_some_and(|l| l.status == StackStatus::ReviewInProgress);
-    if let Some(l) = &live
-        && !creating
-        && is_current(cfn, spec, l, ui).await?
-    {
-        ui.detail(format!("{}: up to date", spec.name));
-        return Ok(Applied {
-            stack: spec.name.clone(),
-            action: ApplyAction::Unchanged,
-            outputs: l.outputs.clone(),
-            previous_parameters: l.parameters.clone(),
-        });
-    }
+    Ok(Some(Prepared { live, recreated }))
+}
+
+/// Create the change set, execute it, wait for the stack to settle and read its outputs.
+async fn execute_changes(
+    cfn: &Client,
+    spec: &StackSpec,
+    live: Option<LiveStack>,
+    creating: bool,
+    recreated: bool,
+    wait: Wait,
+    ui: &Ui,
+) -> Result<Applied> {
     let kind = if creating {
         ChangeSetType::Create
     } else {
         ChangeSetType::Update
     };
-    if lock::before_change(read_at).await? {
-        // Decided before holding the lock: decide again (another deploy may have applied it).
-        return Box::pin(apply(cfn, spec, wait, ui)).await;
-    }
     let Some(cs) = create_change_set(cfn, spec, kind, wait).await? else {
         ui.step(format!("{}: no changes", spec.name));
         let (outputs, previous_parameters) =

@@ -1,0 +1,111 @@
+//! Every name the deployer derives from the project and service names, in one place: the
+//! stacks, the service-stack prefix, the repository, the cluster, task-definition families,
+//! log groups, SSM parameter paths, the deploy lock's object and the local target's network
+//! and containers. These are live names: one that changes orphans what earlier deployments
+//! made, so tests/names.rs pins them all in a snapshot.
+//!
+//! The templates derive their export names and log group from the same `Project` and
+//! `ServiceName` parameters (`${Project}-Cluster`, `/ecs/${Project}/${ServiceName}`); the
+//! log group here must match theirs.
+
+/// The names of one project.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    project: &'a str,
+}
+
+/// The stacks of a project.
+#[derive(Debug, Clone, Copy)]
+pub enum StackPart<'a> {
+    Registry,
+    Network,
+    Cluster,
+    /// The data lake (bucket and Glue table), with `data_lake.create: true`.
+    Data,
+    Service(&'a str),
+}
+
+impl<'a> Names<'a> {
+    pub fn new(project: &'a str) -> Self {
+        Self { project }
+    }
+
+    pub fn stack(&self, part: StackPart<'_>) -> String {
+        let p = self.project;
+        match part {
+            StackPart::Registry => format!("{p}-registry"),
+            StackPart::Network => format!("{p}-network"),
+            StackPart::Cluster => format!("{p}-cluster"),
+            StackPart::Data => format!("{p}-data"),
+            StackPart::Service(name) => format!("{}{name}", self.service_stack_prefix()),
+        }
+    }
+
+    /// Every service stack's name starts with this (how `up` and `destroy` find the stacks
+    /// of services that left the config).
+    pub fn service_stack_prefix(&self) -> String {
+        format!("{}-svc-", self.project)
+    }
+
+    /// The single ECR repository every service's built image is pushed to (tags differ).
+    pub fn repository(&self) -> String {
+        self.project.to_string()
+    }
+
+    /// The ECS cluster (templates/cluster.yaml names it after the project).
+    pub fn cluster(&self) -> String {
+        self.project.to_string()
+    }
+
+    /// The task-definition family of a service; also the service's name in the flow's
+    /// identity (Prefect tags and the `deployment` parameter) on both targets.
+    pub fn family(&self, service: &str) -> String {
+        format!("{}-{service}", self.project)
+    }
+
+    /// The CloudWatch log group of a service (the service stack creates it).
+    pub fn log_group(&self, service: &str) -> String {
+        format!("/ecs/{}/{service}", self.project)
+    }
+
+    /// Where the project's secrets live in SSM (`GetParametersByPath`).
+    pub fn secrets_path(&self) -> String {
+        format!("/{}/", self.project)
+    }
+
+    /// Where one service's secrets live in SSM.
+    pub fn service_secrets_path(&self, service: &str) -> String {
+        format!("{}{service}/", self.secrets_path())
+    }
+
+    /// The SSM parameter holding one secret.
+    pub fn secret_parameter(&self, service: &str, secret: &str) -> String {
+        format!("{}{secret}", self.service_secrets_path(service))
+    }
+
+    /// The deploy lock's object key in the account's lock bucket ([`lock_bucket`]).
+    pub fn lock_key(&self) -> String {
+        format!("{}.json", self.project)
+    }
+
+    /// The local target's bridge network.
+    pub fn local_network(&self) -> String {
+        format!("deployer-{}", self.project)
+    }
+
+    /// One local container: `<project>-<service>-<revision>-<slot>`. Deterministic, so a
+    /// clash with a container the deployer did not create is found before anything starts.
+    pub fn local_container(&self, service: &str, revision: u32, slot: u32) -> String {
+        format!("{}-{service}-{revision}-{slot}", self.project)
+    }
+}
+
+/// The deploy locks' bucket, one per account and region, shared by every project.
+pub fn lock_bucket(account: &str, region: &str) -> String {
+    format!("deployer-locks-{account}-{region}")
+}
+
+/// The log group Container Insights writes a cluster's metrics to (deleted by `destroy`).
+pub fn insights_log_group(cluster: &str) -> String {
+    format!("/aws/ecs/containerinsights/{cluster}/performance")
+}
