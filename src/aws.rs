@@ -9,8 +9,11 @@ use aws_smithy_runtime_api::client::interceptors::context::{
     BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
 };
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -171,10 +174,14 @@ impl Clients {
             )
             .timeout_config(timeouts(target.api_timeout.unwrap_or(API_TIMEOUT)));
         let sdk = loader.load().await;
-        let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
-            Error::bad_input("no AWS region configured")
-                .with_help("set `region:` in deployer.yaml, pass --region, or export AWS_REGION")
-        })?;
+        let region = sdk
+            .region()
+            .map(std::string::ToString::to_string)
+            .ok_or_else(|| {
+                Error::bad_input("no AWS region configured").with_help(
+                    "set `region:` in deployer.yaml, pass --region, or export AWS_REGION",
+                )
+            })?;
         let calls = CallCounter::default();
         let lock_calls = CallCounter::default();
         let c = calls.clone();
@@ -264,35 +271,51 @@ pub async fn identity(sts: &aws_sdk_sts::Client) -> Result<Identity> {
     })
 }
 
-/// A readable one-line description of an SDK error: code and message when the service sent them.
-pub fn describe<E, R>(err: &aws_sdk_cloudformation::error::SdkError<E, R>) -> String
+/// A readable one-line description of any SDK error: `code: message (request id …)` when the
+/// service answered, the transport's own account otherwise (never a debug dump).
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where
-    E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    use aws_sdk_cloudformation::error::SdkError;
     match err {
         SdkError::ServiceError(se) => {
             let e = se.err();
+            let id = e
+                .meta()
+                .extra("aws_request_id")
+                .map(|id| format!(" (request id {id})"))
+                .unwrap_or_default();
             match (e.code(), e.message()) {
-                (Some(c), Some(m)) => format!("{c}: {m}"),
-                (Some(c), None) => c.to_string(),
-                _ => aws_sdk_cloudformation::error::DisplayErrorContext(err).to_string(),
+                (Some(c), Some(m)) => format!("{c}: {m}{id}"),
+                (Some(c), None) => format!("{c}{id}"),
+                _ => format!("{}{id}", DisplayErrorContext(err)),
             }
         }
-        _ => aws_sdk_cloudformation::error::DisplayErrorContext(err).to_string(),
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// `.context("describe stack {name}")?`: an SDK error as the deployer's error, named by what
+/// was being done, with the exit code and help that match its cause ([`failure`]).
+pub trait Context<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E> Context<T> for std::result::Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| failure(&what.to_string(), &e))
     }
 }
 
 /// `what: <error>` with the help line that matches the cause (credentials, throttling,
 /// unreachable, timeout, permission, server error); exit 130 for a call refused after an
 /// interrupt.
-pub fn failure<E>(
-    what: &str,
-    err: &aws_sdk_cloudformation::error::SdkError<E, HttpResponse>,
-) -> Error
+pub fn failure<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Error
 where
-    E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let cause = crate::retry::classify(err);
     let code = match cause {

@@ -122,15 +122,12 @@ async fn fetch(
             Ok(p) => p,
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                    .is_some_and(aws_sdk_cloudwatchlogs::operation::filter_log_events::FilterLogEventsError::is_resource_not_found_exception) =>
             {
                 return Ok(None);
             }
             Err(e) => {
-                return Err(Error::failure(format!(
-                    "read log group {group}: {}",
-                    crate::aws::describe(&e)
-                )));
+                return Err(crate::aws::failure(&format!("read log group {group}"), &e));
             }
         };
         for e in page.events() {
@@ -172,14 +169,11 @@ pub async fn delete_insights_group(logs: &Client, cluster: &str) -> Result<bool>
         Ok(_) => Ok(true),
         Err(e)
             if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                .is_some_and(aws_sdk_cloudwatchlogs::operation::delete_log_group::DeleteLogGroupError::is_resource_not_found_exception) =>
         {
             Ok(false)
         }
-        Err(e) => Err(Error::failure(format!(
-            "delete log group {name}: {}",
-            crate::aws::describe(&e)
-        ))),
+        Err(e) => Err(crate::aws::failure(&format!("delete log group {name}"), &e)),
     }
 }
 

@@ -1130,7 +1130,10 @@ mod tests {
     }
 
     fn parse_err(text: &str, overrides: &[&str]) -> String {
-        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let o: Vec<String> = overrides
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         let e = parse(text, Path::new("deployer.yaml"), &o).expect_err("invalid config");
         assert_eq!(e.code, crate::error::ExitCode::BadInput);
         e.to_string()

@@ -329,7 +329,8 @@ pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Re
     let pending = secrets::preflight(&cl.ssm, c, &|k| std::env::var(k).ok()).await?;
 
     let lake = crate::lake::location(c, &identity.account, &cl.region);
-    let infra = infrastructure(ctx, flags, mode, &identity, lake.as_ref()).await?;
+    // Boxed: the joined stack and image futures are large (clippy::large_futures).
+    let infra = Box::pin(infrastructure(ctx, flags, mode, &identity, lake.as_ref())).await?;
     let mut applied_stacks = infra.stacks;
 
     // Writing a changed secret is a change: take the deploy lock first (reads stay lock-free).
@@ -512,7 +513,7 @@ async fn deploy_services(
         let secrets_changed = secret_outcomes.iter().any(|o| {
             o.parameter.starts_with(&prefix) && o.action == secrets::SecretAction::Updated
         });
-        async move { deploy_service(ctx, name, &image?, shared, secrets_changed).await }
+        async move { Box::pin(deploy_service(ctx, name, &image?, shared, secrets_changed)).await }
     });
     let mut services = Vec::new();
     let mut stacks = Vec::new();
@@ -547,7 +548,7 @@ async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
     );
     problems
         .extend(crate::preflight::existing_network(c, &ctx.clients.ec2, &ctx.clients.region).await);
-    crate::preflight::refuse(&ctx.loaded, problems)
+    crate::preflight::refuse(&ctx.loaded, &problems)
 }
 
 /// A service built from source needs the Docker engine: ask it before the first change
@@ -611,32 +612,7 @@ async fn deploy_service(
         task_role_arn: task_role,
         sink_url,
     });
-    let current = |l: Option<taskdef::LiveTaskDef>| l.filter(|l| l.def == desired);
-    let read_at = std::time::Instant::now();
-    let mut live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
-    // Registering is a change: take the deploy lock, then look again (a deploy that held the
-    // lock meanwhile may have registered this very definition: no duplicate revision).
-    if live.is_none() && crate::lock::before_change(read_at).await? {
-        live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
-    }
-    let (arn, revision, registered) = match live {
-        Some(l) => {
-            ui.detail(format!(
-                "{name}: task definition {}:{} is current",
-                desired.family, l.revision
-            ));
-            (l.arn, l.revision, false)
-        }
-        None => {
-            let (arn, rev) =
-                taskdef::register(&cl.ecs, &desired, &stacks::project_tags(&c.project)).await?;
-            ui.step(format!(
-                "{name}: registered task definition {}:{rev}",
-                desired.family
-            ));
-            (arn, rev, true)
-        }
-    };
+    let (arn, revision, registered) = ensure_revision(ctx, name, &desired).await?;
     let spec = service_spec(c, name, &arn, net);
     // CloudFormation waits for the ECS service to stabilise during the stack update, so that
     // wait is the rollout: it gets the rollout's deadline.
@@ -676,29 +652,7 @@ async fn deploy_service(
                 "a secret changed (tasks read it at start)"
             }
         ));
-        crate::lock::before_change(std::time::Instant::now()).await?;
-        since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
-        let out = cl
-            .ecs
-            .update_service()
-            .cluster(cluster)
-            .service(name)
-            .force_new_deployment(true)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "force a new deployment of {name}: {}",
-                    aws::describe(&e)
-                ))
-            })?;
-        deployment_id = out.service().and_then(|s| {
-            s.deployments()
-                .iter()
-                .find(|d| d.status() == Some("PRIMARY"))
-                .and_then(|d| d.id())
-                .map(str::to_string)
-        });
+        (since, deployment_id) = force_new_deployment(ctx, cluster, name).await?;
     }
     let deployed = applied.action != ApplyAction::Unchanged || secret_only;
     let state = if !deployed {
@@ -731,6 +685,71 @@ async fn deploy_service(
         task_definition: Some(desired),
     };
     Ok((report, applied))
+}
+
+/// The live revision when it already is `desired`, else a newly registered one:
+/// (ARN, revision, registered).
+async fn ensure_revision(
+    ctx: &Ctx,
+    name: &str,
+    desired: &taskdef::TaskDef,
+) -> Result<(String, i32, bool)> {
+    let (cl, ui) = (&ctx.clients, &ctx.ui);
+    let current = |l: Option<taskdef::LiveTaskDef>| l.filter(|l| l.def == *desired);
+    let read_at = std::time::Instant::now();
+    let mut live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
+    // Registering is a change: take the deploy lock, then look again (a deploy that held the
+    // lock meanwhile may have registered this very definition: no duplicate revision).
+    if live.is_none() && crate::lock::before_change(read_at).await? {
+        live = current(taskdef::latest(&cl.ecs, &desired.family).await?);
+    }
+    Ok(match live {
+        Some(l) => {
+            ui.detail(format!(
+                "{name}: task definition {}:{} is current",
+                desired.family, l.revision
+            ));
+            (l.arn, l.revision, false)
+        }
+        None => {
+            let tags = stacks::project_tags(&ctx.loaded.config.project);
+            let (arn, rev) = taskdef::register(&cl.ecs, desired, &tags).await?;
+            ui.step(format!(
+                "{name}: registered task definition {}:{rev}",
+                desired.family
+            ));
+            (arn, rev, true)
+        }
+    })
+}
+
+/// New tasks without a new revision (UpdateService with forceNewDeployment): from when, and
+/// the deployment ECS started, to follow.
+async fn force_new_deployment(
+    ctx: &Ctx,
+    cluster: &str,
+    name: &str,
+) -> Result<(aws_smithy_types::DateTime, Option<String>)> {
+    crate::lock::before_change(std::time::Instant::now()).await?;
+    let since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+    let out = ctx
+        .clients
+        .ecs
+        .update_service()
+        .cluster(cluster)
+        .service(name)
+        .force_new_deployment(true)
+        .send()
+        .await
+        .map_err(|e| aws::failure(&format!("force a new deployment of {name}"), &e))?;
+    let deployment_id = out.service().and_then(|s| {
+        s.deployments()
+            .iter()
+            .find(|d| d.status() == Some("PRIMARY"))
+            .and_then(|d| d.id())
+            .map(str::to_string)
+    });
+    Ok((since, deployment_id))
 }
 
 /// `deployment.verify` on ECS: the flow tags its runs with its task's family and

@@ -2,7 +2,8 @@
 //! -> SSM parameters. Only what carries the deployer's tags for this project; anything else
 //! with a colliding name is refused before a single deletion.
 
-use crate::aws::{Clients, describe as describe_err};
+use crate::aws::Clients;
+use crate::aws::Context;
 use crate::config::Config;
 use crate::deploy::network_spec;
 use crate::error::{Error, Result};
@@ -246,12 +247,7 @@ async fn deregister_family(cl: &Clients, family: &str, ui: &Ui) -> Result<u32> {
             .set_next_token(next)
             .send()
             .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "list task definitions {family}: {}",
-                    describe_err(&e)
-                ))
-            })?;
+            .context(format!("list task definitions {family}"))?;
         arns.extend(
             out.task_definition_arns()
                 .iter()
@@ -272,7 +268,7 @@ async fn deregister_family(cl: &Clients, family: &str, ui: &Ui) -> Result<u32> {
             .task_definition(arn)
             .send()
             .await
-            .map_err(|e| Error::failure(format!("deregister {arn}: {}", describe_err(&e))))?;
+            .context(format!("deregister {arn}"))?;
     }
     if !arns.is_empty() {
         ui.step(format!(
@@ -280,7 +276,7 @@ async fn deregister_family(cl: &Clients, family: &str, ui: &Ui) -> Result<u32> {
             arns.len()
         ));
     }
-    Ok(arns.len() as u32)
+    Ok(u32::try_from(arns.len()).unwrap_or(u32::MAX))
 }
 
 /// Wait until the cluster runs no task (ECS refuses to delete a cluster with active tasks).
@@ -298,15 +294,15 @@ pub async fn wait_tasks_stopped(
             Ok(o) => o,
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_cluster_not_found_exception()) =>
+                    .is_some_and(aws_sdk_ecs::operation::list_tasks::ListTasksError::is_cluster_not_found_exception) =>
             {
                 return Ok(());
             }
             Err(e) => {
-                return Err(Error::failure(format!(
-                    "list the tasks of cluster {cluster}: {}",
-                    describe_err(&e)
-                )));
+                return Err(crate::aws::failure(
+                    &format!("list the tasks of cluster {cluster}"),
+                    &e,
+                ));
             }
         };
         let n = out.task_arns().len();
@@ -391,15 +387,15 @@ async fn delete_images(ecr: &aws_sdk_ecr::Client, repository: &str, ui: &Ui) -> 
             Ok(o) => o,
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+                    .is_some_and(aws_sdk_ecr::operation::describe_images::DescribeImagesError::is_repository_not_found_exception) =>
             {
                 return Ok(0);
             }
             Err(e) => {
-                return Err(Error::failure(format!(
-                    "list images of {repository}: {}",
-                    describe_err(&e)
-                )));
+                return Err(crate::aws::failure(
+                    &format!("list images of {repository}"),
+                    &e,
+                ));
             }
         };
         ids.extend(
@@ -421,12 +417,7 @@ async fn delete_images(ecr: &aws_sdk_ecr::Client, repository: &str, ui: &Ui) -> 
             .set_image_ids(Some(chunk.to_vec()))
             .send()
             .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "delete images of {repository}: {}",
-                    describe_err(&e)
-                ))
-            })?;
+            .context(format!("delete images of {repository}"))?;
         // BatchDeleteImage answers 200 with per-image failures: name them here, or the
         // repository's stack fails next with a misleading "repository not empty".
         failures.extend(out.failures().iter().map(|f| {
@@ -449,7 +440,7 @@ async fn delete_images(ecr: &aws_sdk_ecr::Client, repository: &str, ui: &Ui) -> 
     if !ids.is_empty() {
         ui.step(format!("deleted {} image(s) from {repository}", ids.len()));
     }
-    Ok(ids.len() as u32)
+    Ok(u32::try_from(ids.len()).unwrap_or(u32::MAX))
 }
 
 /// Everything of the project still present (best effort, for failure messages and reports).

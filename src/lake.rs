@@ -121,11 +121,10 @@ pub async fn create_bucket(
                     Err(taken(&loc.bucket, &c.project))
                 }
                 _ if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(true),
-                _ => Err(Error::failure(format!(
-                    "cannot check bucket {}: {}",
-                    loc.bucket,
-                    crate::aws::describe(&e)
-                ))),
+                _ => Err(crate::aws::failure(
+                    &format!("cannot check bucket {}", loc.bucket),
+                    &e,
+                )),
             }
         }
     }
@@ -160,16 +159,14 @@ pub async fn count_objects(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<Opti
         {
             Ok(o) => o,
             Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_no_such_bucket()) =>
+                if e.as_service_error().is_some_and(
+                    aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error::is_no_such_bucket,
+                ) =>
             {
                 return Ok(None);
             }
             Err(e) => {
-                return Err(Error::failure(format!(
-                    "list bucket {bucket}: {}",
-                    crate::aws::describe(&e)
-                )));
+                return Err(crate::aws::failure(&format!("list bucket {bucket}"), &e));
             }
         };
         n += out.contents().len() as u64;

@@ -2,6 +2,10 @@
 //!
 //! Each command is a pipeline of typed steps; see README.md ("Architecture").
 
+// Lets the test fixtures shared with the integration tests (tests/support/cfn_fakes.rs)
+// name this crate as they do, `deployer::…`.
+extern crate self as deployer;
+
 pub mod aws;
 pub mod cli;
 pub mod cloudwatch;
@@ -25,3 +29,8 @@ pub mod summary;
 pub mod target;
 pub mod ui;
 pub mod verify;
+
+/// File, git and tar helpers shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/files.rs"]
+mod test_files;

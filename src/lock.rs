@@ -135,7 +135,11 @@ impl Store {
         } = self;
         let out = match client.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+            Err(e)
+                if e.as_service_error().is_some_and(
+                    aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                ) =>
+            {
                 return Ok(None);
             }
             Err(e) => {

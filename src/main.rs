@@ -36,7 +36,7 @@ fn main() {
     };
     let code = runtime.block_on(async {
         interrupt::install_with(ui.clone());
-        let result = interrupt_bounded(run(&cli, &ui)).await;
+        let result = interrupt_bounded(Box::pin(run(&cli, &ui))).await;
         // The deploy lock goes last, on every path (also after an interrupt: it is undo).
         deployer::lock::release().await;
         match result {
@@ -48,13 +48,13 @@ fn main() {
             Err(e) => {
                 let e = interrupt::settle(e);
                 ui.error(&e);
-                let mut v = json!({"ok": false, "exit_code": e.code as i32, "error": e.message, "help": e.help});
-                if let Some(serde_json::Value::Object(report)) = e.report.as_deref() {
-                    for (k, x) in report {
-                        v[k] = x.clone();
-                    }
-                }
-                ui.result_json(&v);
+                ui.result_json(&Failed {
+                    ok: false,
+                    exit_code: e.code as i32,
+                    error: &e.message,
+                    help: e.help.as_deref(),
+                    report: e.report.as_deref().filter(|r| r.is_object()),
+                });
                 e.code
             }
         }
@@ -144,15 +144,18 @@ fn wait(global: &Global) -> Wait {
 }
 
 /// API call counts for `-v` and `--json`.
-fn calls_json(cl: &Clients) -> serde_json::Value {
-    counters_json(&cl.calls, &cl.lock_calls)
+fn calls_json(cl: &Clients) -> ApiCalls {
+    api_calls(&cl.calls, &cl.lock_calls)
 }
 
-fn counters_json(
-    calls: &deployer::aws::CallCounter,
-    lock: &deployer::aws::CallCounter,
-) -> serde_json::Value {
-    json!({"total": calls.snapshot().values().sum::<u32>(), "by_operation": calls.snapshot(), "mutating": calls.mutating(), "lock": lock.snapshot()})
+fn api_calls(calls: &deployer::aws::CallCounter, lock: &deployer::aws::CallCounter) -> ApiCalls {
+    let by_operation = calls.snapshot();
+    ApiCalls {
+        total: by_operation.values().sum(),
+        by_operation,
+        mutating: calls.mutating(),
+        lock: lock.snapshot(),
+    }
 }
 
 async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
@@ -171,7 +174,7 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
     let target = target::resolve(g.target, &loaded);
     target::guard(&loaded, target)?;
     match target {
-        TargetKind::Local => run_local(cli, ui, &loaded).await,
+        TargetKind::Local => Box::pin(run_local(cli, ui, &loaded)).await,
         TargetKind::Aws => run_aws(cli, ui, loaded).await,
     }
 }
@@ -186,7 +189,7 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
         Command::Plan { exit_code, .. } => {
             let report = local.plan().await?;
             ui.result(summary::local_plan_text(&report).trim_end());
-            ui.result_json(&ok_json(&report));
+            ui.result_json(&done(&report));
             Ok(if *exit_code && report.changes {
                 ExitCode::BadInput
             } else {
@@ -208,9 +211,11 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             let md = summary::local_up_markdown(&report);
             write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui)?;
             ui.result(summary::local_up_text(&report).trim_end());
-            let mut v = ok_json(&report);
-            v["seconds"] = json!(started.elapsed().as_secs_f64());
-            ui.result_json(&v);
+            ui.result_json(&Done {
+                target: Some("local"),
+                seconds: Some(started.elapsed().as_secs_f64()),
+                ..done(&report)
+            });
             Ok(ExitCode::Success)
         }
         Command::Build { push, image, .. } => {
@@ -229,15 +234,18 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
                 })?),
                 None => None,
             };
-            let done = local.rollback(service.as_deref(), to).await?;
-            for (service, from, to) in &done {
+            let rolled_back = local.rollback(service.as_deref(), to).await?;
+            for (service, from, to) in &rolled_back {
                 ui.result(format!("{service}: rolled back revision {from} -> {to}"));
             }
-            let list: Vec<_> = done
+            let list: Vec<_> = rolled_back
                 .iter()
                 .map(|(s, f, t)| json!({"service": s, "from": f, "to": t}))
                 .collect();
-            ui.result_json(&json!({"ok": true, "target": "local", "rollbacks": list}));
+            ui.result_json(&Done {
+                target: Some("local"),
+                ..done(&json!({ "rollbacks": list }))
+            });
             Ok(ExitCode::Success)
         }
         Command::Destroy {
@@ -249,18 +257,21 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
             let report = local.destroy(*keep_images, *delete_data, confirm).await?;
             ui.result(summary::local_destroy_text(&report).trim_end());
-            ui.result_json(&ok_json(&report));
+            ui.result_json(&done(&report));
             Ok(ExitCode::Success)
         }
         Command::Status { .. } => {
             let report = local.status().await?;
             ui.result(summary::local_status_text(&report).trim_end());
-            ui.result_json(&ok_json(&report));
+            ui.result_json(&done(&report));
             Ok(ExitCode::Success)
         }
         Command::Logs(args) => {
             let lines = deployer::local::logs::print(&loaded.config, args, ui).await?;
-            ui.result_json(&json!({"ok": true, "target": "local", "lines": lines}));
+            ui.result_json(&Done {
+                target: Some("local"),
+                ..done(&json!({ "lines": lines }))
+            });
             Ok(ExitCode::Success)
         }
     }
@@ -304,11 +315,56 @@ fn failed(
     }
 }
 
-/// A report as the `--json` object, with `"ok": true`.
-fn ok_json(report: &impl serde::Serialize) -> serde_json::Value {
-    let mut v = serde_json::to_value(report).unwrap_or_default();
-    v["ok"] = json!(true);
-    v
+/// The `--json` object of a command that succeeded: `"ok": true`, the report's own fields,
+/// then what the command adds. One shape for every command.
+#[derive(serde::Serialize)]
+struct Done<'a, T: serde::Serialize> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'static str>,
+    #[serde(flatten)]
+    report: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_calls: Option<ApiCalls>,
+}
+
+fn done<T: serde::Serialize>(report: &T) -> Done<'_, T> {
+    Done {
+        ok: true,
+        target: None,
+        report,
+        seconds: None,
+        api_calls: None,
+    }
+}
+
+/// The `--json` object of a command that failed; a failure report's fields (src/summary.rs)
+/// are merged in.
+#[derive(serde::Serialize)]
+struct Failed<'a> {
+    ok: bool,
+    exit_code: i32,
+    error: &'a str,
+    help: Option<&'a str>,
+    #[serde(flatten)]
+    report: Option<&'a serde_json::Value>,
+}
+
+/// The AWS API calls a command made, by operation; `mutating` is what changed something.
+#[derive(serde::Serialize)]
+struct ApiCalls {
+    total: u32,
+    by_operation: std::collections::BTreeMap<String, u32>,
+    mutating: std::collections::BTreeMap<String, u32>,
+    lock: std::collections::BTreeMap<String, u32>,
+}
+
+impl std::fmt::Display for ApiCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 /// `<out>/summary.md`, the job summary and the step outputs. The summary file is a
@@ -343,7 +399,7 @@ fn print_images(loaded: &Loaded, images: &[deploy::ImageReport], ui: &Ui) -> Res
     for i in images {
         ui.result(format!("{} {}", i.service, i.image.image_uri));
     }
-    ui.result_json(&json!({"ok": true, "images": images}));
+    ui.result_json(&done(&json!({ "images": images })));
     Ok(ExitCode::Success)
 }
 
@@ -352,17 +408,18 @@ fn print_images(loaded: &Loaded, images: &[deploy::ImageReport], ui: &Ui) -> Res
 async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
     let clients = clients(&cli.global, &loaded).await?;
     let counters = (clients.calls.clone(), clients.lock_calls.clone());
-    aws_command(cli, ui, loaded, clients).await.map_err(|e| {
-        let calls = counters_json(&counters.0, &counters.1);
-        let mut report = e.report.as_deref().cloned().unwrap_or_else(|| json!({}));
-        report["api_calls"] = calls;
-        e.with_report(report)
-    })
+    Box::pin(aws_command(cli, ui, loaded, clients))
+        .await
+        .map_err(|e| {
+            let calls = api_calls(&counters.0, &counters.1);
+            let mut report = e.report.as_deref().cloned().unwrap_or_else(|| json!({}));
+            report["api_calls"] = serde_json::to_value(calls).unwrap_or_default();
+            e.with_report(report)
+        })
 }
 
 async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Result<ExitCode> {
     let g = &cli.global;
-    let started = Instant::now();
     match &cli.command {
         Command::Init { .. } => unreachable!("init runs before a config is loaded"),
         Command::Plan { exit_code, .. } => {
@@ -375,9 +432,10 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
             };
             let report = deploy::plan(&ctx).await?;
             ui.result(summary::plan_text(&report).trim_end());
-            let mut v = ok_json(&report);
-            v["api_calls"] = calls_json(&ctx.clients);
-            ui.result_json(&v);
+            ui.result_json(&Done {
+                api_calls: Some(calls_json(&ctx.clients)),
+                ..done(&report)
+            });
             Ok(if *exit_code && report.changes {
                 ExitCode::BadInput
             } else {
@@ -385,40 +443,7 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
             })
         }
         Command::Up(args) | Command::Redeploy(args) => {
-            let mode = match &cli.command {
-                Command::Redeploy(_) => deploy::Mode::Redeploy,
-                _ => deploy::Mode::Up,
-            };
-            let DeployArgs { out_dir, image, .. } = args;
-            install_lock(g, &clients, &loaded.config.project, mode.command(), ui).await?;
-            if mode == deploy::Mode::Up {
-                target::record(&loaded.dir, &loaded.config.project, TargetKind::Aws)?;
-            }
-            let ctx = Ctx {
-                loaded,
-                clients,
-                ui: ui.clone(),
-                wait: wait(g),
-                rollback_on_interrupt: args.rollback_on_interrupt(),
-            };
-            let report = deploy::up(&ctx, image, out_dir, mode).await?;
-            write_summaries(
-                out_dir,
-                &summary::up_markdown(&report),
-                &summary::up_outputs(&report),
-                ui,
-            )?;
-            ui.result(summary::up_text(&report).trim_end());
-            let calls = calls_json(&ctx.clients);
-            ui.detail(format!(
-                "{:.2}s, AWS API calls: {calls}",
-                started.elapsed().as_secs_f64()
-            ));
-            let mut v = ok_json(&report);
-            v["seconds"] = json!(started.elapsed().as_secs_f64());
-            v["api_calls"] = calls;
-            ui.result_json(&v);
-            Ok(ExitCode::Success)
+            Box::pin(aws_deploy(cli, ui, loaded, clients, args)).await
         }
         Command::Build { push, image, .. } => {
             let images = interrupt::or_interrupted(
@@ -440,7 +465,7 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
             install_lock(g, &clients, &loaded.config.project, "rollback", ui).await?;
             let refs =
                 deploy::service_refs(&loaded.config, &clients.cfn, service.as_deref()).await?;
-            let mut done = Vec::new();
+            let mut rolled_back = Vec::new();
             for r in &refs {
                 let report = rollback::rollback(&clients, r, *to, wait(g), ui).await?;
                 ui.result(format!(
@@ -449,9 +474,9 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
                     rollback::short(&report.from),
                     rollback::short(&report.to)
                 ));
-                done.push(report);
+                rolled_back.push(report);
             }
-            ui.result_json(&json!({"ok": true, "rollbacks": done}));
+            ui.result_json(&done(&json!({ "rollbacks": rolled_back })));
             Ok(ExitCode::Success)
         }
         Command::Destroy {
@@ -459,33 +484,94 @@ async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Re
             keep_images,
             delete_data,
             ..
-        } => {
-            if *keep_images {
-                ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
-            }
-            install_lock(g, &clients, &loaded.config.project, "destroy", ui).await?;
-            let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, *yes, ui);
-            let report =
-                destroy::destroy(&loaded.config, &clients, wait(g), ui, *delete_data, confirm)
-                    .await?;
-            target::clear(&loaded.dir, &loaded.config.project);
-            ui.result(summary::destroy_text(&report).trim_end());
-            ui.result_json(&ok_json(&report));
-            Ok(ExitCode::Success)
-        }
+        } => aws_destroy(cli, ui, &loaded, &clients, *yes, *keep_images, *delete_data).await,
         Command::Status { .. } => {
             let report = status::status(&loaded.config, &clients).await?;
             ui.result(summary::status_text(&report).trim_end());
-            ui.result_json(&ok_json(&report));
+            ui.result_json(&done(&report));
             Ok(ExitCode::Success)
         }
         Command::Logs(args) => {
             let lines =
                 deployer::cloudwatch::print(&clients.logs, &loaded.config, args, ui).await?;
-            ui.result_json(&json!({"ok": true, "target": "aws", "lines": lines}));
+            ui.result_json(&Done {
+                target: Some("aws"),
+                ..done(&json!({ "lines": lines }))
+            });
             Ok(ExitCode::Success)
         }
     }
+}
+
+/// `up` or `redeploy` on AWS: lock, pipeline (src/deploy.rs), summaries, result.
+async fn aws_deploy(
+    cli: &Cli,
+    ui: &Ui,
+    loaded: Loaded,
+    clients: Clients,
+    args: &DeployArgs,
+) -> Result<ExitCode> {
+    let g = &cli.global;
+    let started = Instant::now();
+    let mode = match &cli.command {
+        Command::Redeploy(_) => deploy::Mode::Redeploy,
+        _ => deploy::Mode::Up,
+    };
+    let DeployArgs { out_dir, image, .. } = args;
+    install_lock(g, &clients, &loaded.config.project, mode.command(), ui).await?;
+    if mode == deploy::Mode::Up {
+        target::record(&loaded.dir, &loaded.config.project, TargetKind::Aws)?;
+    }
+    let ctx = Ctx {
+        loaded,
+        clients,
+        ui: ui.clone(),
+        wait: wait(g),
+        rollback_on_interrupt: args.rollback_on_interrupt(),
+    };
+    let report = deploy::up(&ctx, image, out_dir, mode).await?;
+    write_summaries(
+        out_dir,
+        &summary::up_markdown(&report),
+        &summary::up_outputs(&report),
+        ui,
+    )?;
+    ui.result(summary::up_text(&report).trim_end());
+    let calls = calls_json(&ctx.clients);
+    ui.detail(format!(
+        "{:.2}s, AWS API calls: {calls}",
+        started.elapsed().as_secs_f64()
+    ));
+    ui.result_json(&Done {
+        seconds: Some(started.elapsed().as_secs_f64()),
+        api_calls: Some(calls),
+        ..done(&report)
+    });
+    Ok(ExitCode::Success)
+}
+
+/// `destroy` on AWS: lock, confirmation, ordered teardown (src/destroy.rs).
+async fn aws_destroy(
+    cli: &Cli,
+    ui: &Ui,
+    loaded: &Loaded,
+    clients: &Clients,
+    yes: bool,
+    keep_images: bool,
+    delete_data: bool,
+) -> Result<ExitCode> {
+    let g = &cli.global;
+    if keep_images {
+        ui.warn("--keep-images applies to the local target; on AWS the repository and its images are deleted");
+    }
+    install_lock(g, clients, &loaded.config.project, "destroy", ui).await?;
+    let confirm = |what: &[String]| confirm_destroy(&loaded.config.project, what, yes, ui);
+    let report =
+        destroy::destroy(&loaded.config, clients, wait(g), ui, delete_data, confirm).await?;
+    target::clear(&loaded.dir, &loaded.config.project);
+    ui.result(summary::destroy_text(&report).trim_end());
+    ui.result_json(&done(&report));
+    Ok(ExitCode::Success)
 }
 
 /// On a TTY ask for the project name; elsewhere require --yes.
@@ -523,6 +609,6 @@ fn init(path: &Path, force: bool, ui: &Ui) -> Result<ExitCode> {
         "wrote {}: edit `project`, `data_lake` and `services`, then run `deployer plan`",
         path.display()
     ));
-    ui.result_json(&json!({"ok": true, "path": path}));
+    ui.result_json(&done(&json!({ "path": path })));
     Ok(ExitCode::Success)
 }

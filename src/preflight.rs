@@ -155,7 +155,7 @@ fn build_sources(dir: &Path, name: &str, b: &crate::image::BuildSpec, p: &mut Ve
 }
 
 /// Refuse with every problem at once, naming the file.
-pub fn refuse(loaded: &Loaded, problems: Vec<String>) -> Result<()> {
+pub fn refuse(loaded: &Loaded, problems: &[String]) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
@@ -163,7 +163,7 @@ pub fn refuse(loaded: &Loaded, problems: Vec<String>) -> Result<()> {
         "{}: cannot be deployed as it is; nothing was changed",
         loaded.path.display()
     );
-    for p in &problems {
+    for p in problems {
         msg.push_str(&format!("\n  - {p}"));
     }
     Err(Error::bad_input(msg))

@@ -2,7 +2,7 @@
 //! SecureString parameters `/<project>/<service>/<NAME>`, referenced by ARN from the task
 //! definition. Values live only in `SecretString` and are never printed or serialised.
 
-use crate::aws::describe as describe_err;
+use crate::aws::Context;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::stacks::{owned_by, project_tags};
@@ -96,15 +96,16 @@ async fn exists(ssm: &aws_sdk_ssm::Client, parameter: &str) -> Result<bool> {
     match ssm.get_parameter().name(parameter).send().await {
         Ok(_) => Ok(true),
         Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_parameter_not_found()) =>
+            if e.as_service_error().is_some_and(
+                aws_sdk_ssm::operation::get_parameter::GetParameterError::is_parameter_not_found,
+            ) =>
         {
             Ok(false)
         }
-        Err(e) => Err(Error::failure(format!(
-            "read SSM parameter {parameter}: {}",
-            describe_err(&e)
-        ))),
+        Err(e) => Err(crate::aws::failure(
+            &format!("read SSM parameter {parameter}"),
+            &e,
+        )),
     }
 }
 
@@ -127,16 +128,16 @@ pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<SecretAct
             _ => SecretAction::Updated,
         }),
         Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_parameter_not_found()) =>
+            if e.as_service_error().is_some_and(
+                aws_sdk_ssm::operation::get_parameter::GetParameterError::is_parameter_not_found,
+            ) =>
         {
             Ok(SecretAction::Created)
         }
-        Err(e) => Err(Error::failure(format!(
-            "read SSM parameter {}: {}",
-            p.parameter,
-            describe_err(&e)
-        ))),
+        Err(e) => Err(crate::aws::failure(
+            &format!("read SSM parameter {}", p.parameter),
+            &e,
+        )),
     }
 }
 
@@ -175,13 +176,7 @@ pub async fn apply(
             ))
             .send()
             .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "write SSM parameter {}: {}",
-                    p.parameter,
-                    describe_err(&e)
-                ))
-            })?;
+            .context(format!("write SSM parameter {}", p.parameter))?;
         let tags: Vec<Tag> = project_tags(project)
             .into_iter()
             .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
@@ -192,13 +187,7 @@ pub async fn apply(
             .set_tags(Some(tags))
             .send()
             .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "tag SSM parameter {}: {}",
-                    p.parameter,
-                    describe_err(&e)
-                ))
-            })?;
+            .context(format!("tag SSM parameter {}", p.parameter))?;
         ui.step(format!("secret {}: {action}", p.parameter));
     }
     Ok(outcomes)
@@ -216,12 +205,7 @@ pub async fn owned_parameters(ssm: &aws_sdk_ssm::Client, project: &str) -> Resul
             .set_next_token(next.clone())
             .send()
             .await
-            .map_err(|e| {
-                Error::failure(format!(
-                    "list SSM parameters /{project}/: {}",
-                    describe_err(&e)
-                ))
-            })?;
+            .context(format!("list SSM parameters /{project}/"))?;
         names.extend(
             out.parameters()
                 .iter()
@@ -240,7 +224,7 @@ pub async fn owned_parameters(ssm: &aws_sdk_ssm::Client, project: &str) -> Resul
             .resource_id(&name)
             .send()
             .await
-            .map_err(|e| Error::failure(format!("read tags of {name}: {}", describe_err(&e))))?;
+            .context(format!("read tags of {name}"))?;
         let tags: BTreeMap<String, String> = tags
             .tag_list()
             .iter()
@@ -259,7 +243,7 @@ pub async fn delete(ssm: &aws_sdk_ssm::Client, names: &[String]) -> Result<()> {
             .set_names(Some(chunk.to_vec()))
             .send()
             .await
-            .map_err(|e| Error::failure(format!("delete SSM parameters: {}", describe_err(&e))))?;
+            .context("delete SSM parameters")?;
     }
     Ok(())
 }

@@ -128,7 +128,7 @@ impl Ui {
     }
 
     /// The one JSON result object on stdout (only under `--json`).
-    pub fn result_json(&self, value: &serde_json::Value) {
+    pub fn result_json(&self, value: &impl serde::Serialize) {
         if self.json {
             println!(
                 "{}",

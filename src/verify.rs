@@ -135,7 +135,7 @@ pub async fn wait(
                 if report.completed >= v.flow_runs {
                     break Verdict::Passed;
                 }
-                if report.failed.len() as u32 >= v.flow_runs {
+                if u32::try_from(report.failed.len()).unwrap_or(u32::MAX) >= v.flow_runs {
                     break Verdict::Failed;
                 }
             }

@@ -125,7 +125,11 @@ async fn up_noop_plan_change_status_destroy() {
         .unwrap();
     assert_eq!(stored.parameter().unwrap().value(), Some(SECRET_VALUE));
     assert_eq!(
-        stored.parameter().unwrap().r#type().map(|t| t.as_str()),
+        stored
+            .parameter()
+            .unwrap()
+            .r#type()
+            .map(aws_sdk_ssm::types::ParameterType::as_str),
         Some("SecureString")
     );
 
@@ -731,7 +735,7 @@ async fn logs_read_the_services_log_group_and_follow_new_lines() {
     let put = |lines: &[&str]| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let events: Vec<_> = lines
             .iter()

@@ -217,7 +217,7 @@ async fn a_foreign_bucket_of_the_same_name_is_refused() {
     assert!(r.stderr.contains("is not the deployer's"), "{}", r.stderr);
     let mutating = &r.json()["api_calls"]["mutating"];
     assert!(
-        mutating.as_object().is_some_and(|m| m.is_empty()),
+        mutating.as_object().is_some_and(serde_json::Map::is_empty),
         "{mutating}"
     );
 }

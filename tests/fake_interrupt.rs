@@ -5,111 +5,43 @@
 
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::operation::cancel_update_stack::CancelUpdateStackOutput;
-use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
-use aws_sdk_cloudformation::operation::delete_change_set::DeleteChangeSetOutput;
 use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
-use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
 use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
-use aws_sdk_cloudformation::operation::describe_stacks::{
-    DescribeStacksError, DescribeStacksOutput,
-};
 use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
 use aws_sdk_cloudformation::operation::get_template::GetTemplateOutput;
-use aws_sdk_cloudformation::primitives::DateTime;
-use aws_sdk_cloudformation::types::{
-    Change, ChangeAction, ChangeSetStatus, ResourceChange, Stack, StackStatus,
-};
+use aws_sdk_cloudformation::types::StackStatus;
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
-use aws_smithy_types::error::ErrorMetadata;
 use deployer::error::ExitCode;
-use deployer::stacks::{self, StackSpec, Wait, templates};
+use deployer::stacks::{self, Wait};
 use deployer::ui::Ui;
-use std::collections::BTreeMap;
+
+#[path = "support/cfn_fakes.rs"]
+mod cfn_fakes;
+use cfn_fakes::{missing, spec, stack};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-
-const NAME: &str = "demo-network";
 
 // Stack lifecycle in the fake: 0 before execute, 1 operation in progress, 2 undone.
 const BEFORE: u8 = 0;
 const RUNNING: u8 = 1;
 const UNDONE: u8 = 2;
 
-fn spec() -> StackSpec {
-    StackSpec {
-        name: NAME.into(),
-        template: templates::NETWORK,
-        parameters: BTreeMap::from([("Project".to_string(), "demo".to_string())]),
-        tags: stacks::project_tags("demo"),
-    }
-}
-
-fn stack(status: StackStatus) -> DescribeStacksOutput {
-    DescribeStacksOutput::builder()
-        .stacks(
-            Stack::builder()
-                .stack_name(NAME)
-                .stack_status(status)
-                .creation_time(DateTime::from_secs(0))
-                .tags(
-                    aws_sdk_cloudformation::types::Tag::builder()
-                        .key("managed-by")
-                        .value("deployer")
-                        .build(),
-                )
-                .tags(
-                    aws_sdk_cloudformation::types::Tag::builder()
-                        .key("project")
-                        .value("demo")
-                        .build(),
-                )
-                .build(),
-        )
-        .build()
-}
-
-fn missing() -> DescribeStacksError {
-    DescribeStacksError::generic(
-        ErrorMetadata::builder()
-            .code("ValidationError")
-            .message(format!("Stack with id {NAME} does not exist"))
-            .build(),
-    )
-}
-
 /// Change set rules shared by both cases; executing it moves the fake to RUNNING.
 fn change_set_rules(state: &Arc<AtomicU8>) -> Vec<Rule> {
     let s = state.clone();
-    vec![
-        mock!(Client::create_change_set)
-            .then_output(|| CreateChangeSetOutput::builder().id("cs-1").build()),
-        mock!(Client::describe_change_set).then_output(|| {
-            DescribeChangeSetOutput::builder()
-                .status(ChangeSetStatus::CreateComplete)
-                .changes(
-                    Change::builder()
-                        .resource_change(
-                            ResourceChange::builder()
-                                .action(ChangeAction::Add)
-                                .logical_resource_id("Vpc")
-                                .resource_type("AWS::EC2::VPC")
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build()
-        }),
+    let mut rules = cfn_fakes::change_set_rules();
+    rules.extend([
         mock!(Client::execute_change_set).then_compute_output(move |_| {
             s.store(RUNNING, Ordering::SeqCst);
             ExecuteChangeSetOutput::builder().build()
         }),
-        mock!(Client::delete_change_set).then_output(|| DeleteChangeSetOutput::builder().build()),
         mock!(Client::describe_stack_events)
             .then_output(|| DescribeStackEventsOutput::builder().build()),
         mock!(Client::get_template)
             .then_output(|| GetTemplateOutput::builder().template_body("{}").build()),
-    ]
+    ]);
+    rules
 }
 
 /// DescribeStacks for one lifecycle: `before` until execute, `running` while in progress

@@ -439,3 +439,45 @@ fn an_eight_service_project_applies_reliably() {
         assert!(json.contains("\"unchanged\": true"), "{json}");
     }
 }
+
+/// `status` never reads a denied call as "not deployed": AccessDenied on DescribeServices is
+/// an error with the permission help (exit 1), not a NOT_FOUND service and exit 0.
+#[test]
+fn status_reports_a_denied_call_instead_of_not_found() {
+    let dir = project(&unique("denied"), 1);
+    let proxy = FaultProxy::start(&moto_url(), |op, _| {
+        if op.ends_with("DescribeServices") {
+            Fault::Deny("AccessDenied")
+        } else {
+            Fault::Pass
+        }
+    });
+    let out = deployer_command(dir.path(), &["status"], &proxy.url())
+        .output()
+        .expect("run");
+    let (code, stdout, stderr) = text(&out);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("AccessDenied") && stderr.contains("lack a permission"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("NOT_FOUND"), "{stdout}");
+}
+
+/// A step output that cannot be written fails the command (exit 1, naming the variable):
+/// later steps of the job would otherwise read empty outputs.
+#[test]
+fn an_unwritable_github_output_is_an_error() {
+    let dir = project(&unique("ghout"), 1);
+    let out = deployer_command(dir.path(), &["up"], &moto_url())
+        // A directory: appending to it fails.
+        .env("GITHUB_OUTPUT", dir.path())
+        .output()
+        .expect("run");
+    let (code, _, stderr) = text(&out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("could not write $GITHUB_OUTPUT"),
+        "{stderr}"
+    );
+}

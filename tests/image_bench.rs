@@ -102,7 +102,7 @@ async fn context_creation() {
 
     assert_eq!(sent, stats.tar_bytes);
     if case == "filtered" {
-        assert_eq!(stats.files as usize, DIRS + 2, "{stats:?}");
+        assert_eq!(stats.files, (DIRS + 2) as u64, "{stats:?}");
     }
     println!(
         "BENCH context case={case} dir_mb={:.1} sent_mb={:.1} files_sent={} excluded={} seconds={seconds:.3} mb_per_s_sent={:.0} peak_rss_mib={:.1} peak_rss_growth_mib={:.1}",

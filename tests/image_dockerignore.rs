@@ -84,17 +84,7 @@ fn dockerfile_and_dockerignore_are_always_sent() {
     let ctx = BuildContext::open(root, Path::new("build/Dockerfile")).expect("open");
     let mut tar = Vec::new();
     ctx.write_tar(&mut tar).expect("tar");
-    let names: Vec<String> = tar::Archive::new(tar.as_slice())
-        .entries()
-        .expect("entries")
-        .map(|e| {
-            e.expect("entry")
-                .path()
-                .expect("path")
-                .display()
-                .to_string()
-        })
-        .collect();
+    let names = support::tar_entries(&tar);
     assert_eq!(names, [".dockerignore", "app", "build/Dockerfile"]);
 }
 

@@ -198,7 +198,7 @@ async fn changed_source_reuses_cached_layers_and_uploads_only_the_changed_layer(
     // A 2 MB asset that does not change, and a program that does.
     // Unique content per run: a layer already in the registry would be mounted, not uploaded.
     let mut asset: Vec<u8> = repo.as_bytes().to_vec();
-    asset.extend((0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    asset.extend((0..2_000_000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1]));
     write(root, "ctx/assets/table.bin", &asset);
     write(
         root,

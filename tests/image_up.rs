@@ -4,24 +4,7 @@
 mod support;
 
 use serde_json::Value;
-use std::path::Path;
 use support::*;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// `deployer up --registry` with a service built from C source by its prebuild step: the
 /// image is pushed to the local registry and the task definition and service stack reference
@@ -166,7 +149,7 @@ async fn up_from_source_deploys_the_pushed_digest() {
     assert_eq!(third["unchanged"], true, "no rollout: {third:#}");
     let mutating = &third["api_calls"]["mutating"];
     assert!(
-        mutating.as_object().is_some_and(|m| m.is_empty()),
+        mutating.as_object().is_some_and(serde_json::Map::is_empty),
         "no mutating call: {mutating}"
     );
     remove_repository_images(&docker().await, &format!("{registry}/{project}")).await;

@@ -31,7 +31,10 @@ pub async fn read_capped(mut resp: Response, cap: usize) -> Result<Vec<u8>, Body
             announced: true,
         });
     }
-    let mut out = Vec::with_capacity(resp.content_length().map_or(0, |n| n as usize));
+    let mut out = Vec::with_capacity(
+        resp.content_length()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(cap).min(cap)),
+    );
     while let Some(chunk) = resp
         .chunk()
         .await

@@ -133,7 +133,11 @@ mod tests {
             ("DEPLOYER_REVISION", "3f2a9c1d7e8b"),
             ("DEPLOYER_INSTANCE", "demo-price-stream-2-1"),
         ]);
-        let id = resolve(&|k| env.get(k).map(|v| v.to_string()), "price-stream").await;
+        let id = resolve(
+            &|k| env.get(k).map(std::string::ToString::to_string),
+            "price-stream",
+        )
+        .await;
         assert_eq!(
             id.tags(),
             vec![

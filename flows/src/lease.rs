@@ -106,7 +106,9 @@ impl Lease {
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// True while this instance holds a lease known valid for at least [`RENEW_EVERY`] more.
@@ -201,11 +203,18 @@ impl Lease {
     }
 
     async fn ensure_limit(&self) -> Result<(), PrefectError> {
-        if *self.limit_ready.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *self
+            .limit_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             return Ok(());
         }
         self.client.ensure_single_slot_limit(&self.limit).await?;
-        *self.limit_ready.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *self
+            .limit_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         Ok(())
     }
 
@@ -214,7 +223,7 @@ impl Lease {
         let cached = self
             .seen_holder
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         if let Some((holder, at)) = cached
             && at.elapsed() < HOLDER_READ
@@ -222,7 +231,10 @@ impl Lease {
             return holder;
         }
         let holder = self.holder().await.map(|h| h.0);
-        *self.seen_holder.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self
+            .seen_holder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((holder.clone(), Instant::now()));
         holder
     }

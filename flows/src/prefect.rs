@@ -111,7 +111,7 @@ impl PrefectClient {
     }
 
     fn observe_latency(&self, took: Duration) {
-        let took = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+        let took = u64::try_from(took.as_micros()).map_or(u64::MAX / 8, |t| t.min(u64::MAX / 8));
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 { took } else { (old * 7 + took) / 8 };
         self.latency_us.store(new, Ordering::Relaxed);

@@ -264,7 +264,9 @@ impl Shared {
     /// Our run id -> Prefect flow run id. A panic elsewhere must not stop reporting, so a
     /// poisoned lock is used as is (the map holds plain ids).
     fn flow_runs(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Uuid>> {
-        self.flow_runs.lock().unwrap_or_else(|p| p.into_inner())
+        self.flow_runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn flow_run(&self, run_id: Uuid) -> Option<Uuid> {

@@ -117,7 +117,10 @@ impl Iteration<'_> {
     {
         let id = Uuid::new_v4();
         let start = Utc::now();
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(CurrentTask {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(CurrentTask {
             id,
             name,
             start,
@@ -127,7 +130,10 @@ impl Iteration<'_> {
             Ok(r) => r,
             Err(panic) => Err(format!("task panicked: {}", panic_message(&*panic))),
         };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let end = Utc::now();
         let elapsed_ms = (end - start).num_microseconds().unwrap_or(0) as f64 / 1000.0;
         let (state, message) = match &outcome {
@@ -165,7 +171,7 @@ impl Iteration<'_> {
         let current = self
             .current
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(c) = current {
             self.reporter.send(Report::Task(TaskRecord {
@@ -469,7 +475,7 @@ impl Runner {
         let crossing = self
             .crossing
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .observe(row.price, t.value);
         let fields = json!({ "symbol": symbol, "price": row.price, "threshold": t.value, "threshold_origin": origin });
         let msg = match crossing {
@@ -490,7 +496,7 @@ impl Runner {
                         // Try again next iteration rather than lose the alert.
                         self.crossing
                             .lock()
-                            .unwrap_or_else(|p| p.into_inner())
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .undo_down();
                         return Err(e.to_string());
                     }

@@ -153,14 +153,20 @@ impl S3Sink {
         if let Some(c) = Credentials::from_env() {
             return Ok(c);
         }
-        if let Some(c) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner())
+        if let Some(c) = &*self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             && c.expires - chrono::TimeDelta::minutes(5) > Utc::now()
         {
             return Ok(c.creds.clone());
         }
         let (creds, expires) = self.container_credentials().await?;
         if let Some(expires) = expires {
-            *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
+            *self
+                .cached
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Cached {
                 creds: creds.clone(),
                 expires,
             });

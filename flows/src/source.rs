@@ -283,7 +283,10 @@ impl PriceSource for SimulatedSource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<Quote>, SourceError>> {
         Box::pin(async move {
-            let mut prices = self.prices.lock().unwrap_or_else(|p| p.into_inner());
+            let mut prices = self
+                .prices
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for q in prices.iter_mut() {
                 let step = (fastrand::f64() - 0.5) * 0.01;
                 q.price = (q.price * (1.0 + step) * 100.0).round() / 100.0;

@@ -299,7 +299,13 @@ mod tests {
             .build()
             .unwrap();
         let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        assert_eq!(
+            batches
+                .iter()
+                .map(arrow_array::RecordBatch::num_rows)
+                .sum::<usize>(),
+            2
+        );
         let b = &batches[0];
         let price = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!(price.value(0), 91234.5);

@@ -322,29 +322,13 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn write(root: &Path, rel: &str, content: &str) {
-        let path = root.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).expect("mkdir");
-        }
-        fs::write(path, content).expect("write");
-    }
+    use crate::test_files as files;
+    use files::write;
 
     fn names(ctx: &BuildContext) -> Vec<String> {
         let mut buf = Vec::new();
         ctx.write_tar(&mut buf).expect("tar");
-        let mut archive = tar::Archive::new(buf.as_slice());
-        archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .expect("path")
-                    .display()
-                    .to_string()
-            })
-            .collect()
+        files::tar_entries(&buf)
     }
 
     #[test]
@@ -406,7 +390,7 @@ mod tests {
     async fn stream_matches_write_tar() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "Dockerfile", "FROM scratch\n");
-        write(dir.path(), "big", &"x".repeat(3 * CHUNK + 17));
+        write(dir.path(), "big", "x".repeat(3 * CHUNK + 17));
         let ctx = BuildContext::open(dir.path(), Path::new("Dockerfile")).expect("open");
         let mut direct = Vec::new();
         let expected = ctx.write_tar(&mut direct).expect("tar");

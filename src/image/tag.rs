@@ -98,8 +98,8 @@ async fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
     out.status.success().then_some(out.stdout)
 }
 
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8_lossy(&bytes).trim().to_string()
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
 }
 
 /// Read the git state of the repository containing `dir`. `None` when `dir` is not in a
@@ -108,7 +108,7 @@ pub async fn git_state(dir: &Path) -> Result<Option<GitState>> {
     let Some(head) = git(dir, &["show", "-s", "--format=%H%n%cI", "HEAD"]).await else {
         return Ok(None);
     };
-    let head = text(head);
+    let head = text(&head);
     let mut lines = head.lines();
     let (Some(commit), Some(commit_time)) = (lines.next(), lines.next()) else {
         return Ok(None);
@@ -126,7 +126,7 @@ pub async fn git_state(dir: &Path) -> Result<Option<GitState>> {
     };
     let source = git(dir, &["config", "--get", "remote.origin.url"])
         .await
-        .map(text)
+        .map(|b| text(&b))
         .filter(|s| !s.is_empty())
         .map(|url| strip_credentials(&url));
     Ok(Some(GitState {
@@ -143,7 +143,7 @@ async fn changes_hash(dir: &Path) -> Result<String> {
     let fail = |what: &str| Error::failure(format!("`git {what}` failed in {}", dir.display()));
     let top = git(dir, &["rev-parse", "--show-toplevel"])
         .await
-        .map(text)
+        .map(|b| text(&b))
         .ok_or_else(|| fail("rev-parse"))?;
     let diff = git(
         dir,
@@ -201,19 +201,10 @@ fn strip_credentials(url: &str) -> String {
 mod tests {
     use super::*;
 
+    use crate::test_files as files;
+
     fn git_sync(dir: &Path, args: &[&str]) {
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .expect("git runs");
-        assert!(
-            status.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        files::git(dir, args);
     }
 
     #[tokio::test]

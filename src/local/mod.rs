@@ -170,7 +170,7 @@ impl<'a> Local<'a> {
             return Err(Error::bad_input(format!("{} has not been deployed to the local target", c.project))
                 .with_help("run `deployer up --target local` first: redeploy rolls onto an existing deployment"));
         }
-        crate::preflight::refuse(self.loaded, crate::preflight::local(self.loaded))?;
+        crate::preflight::refuse(self.loaded, &crate::preflight::local(self.loaded))?;
         let secrets = secret_values(c, &|k| std::env::var(k).ok())?;
         let engine = Engine::connect().await?;
         self.check_names(&engine).await?;
@@ -693,7 +693,8 @@ impl Local<'_> {
                 let mine: Vec<&Instance> = all.iter().filter(|i| i.service == name).collect();
                 ServiceStatus {
                     desired: c.services.get(&name).map_or(0, |s| s.desired_count),
-                    running: mine.iter().filter(|i| i.running()).count() as u32,
+                    running: u32::try_from(mine.iter().filter(|i| i.running()).count())
+                        .unwrap_or(u32::MAX),
                     revision: state.services.get(&name).and_then(|s| s.current),
                     containers: mine
                         .iter()
@@ -963,7 +964,7 @@ impl Local<'_> {
     /// image in the comparison: the image is only known after the build (as on AWS).
     pub async fn plan(&self) -> Result<PlanReport> {
         let c = self.config();
-        crate::preflight::refuse(self.loaded, crate::preflight::local(self.loaded))?;
+        crate::preflight::refuse(self.loaded, &crate::preflight::local(self.loaded))?;
         let secrets = secret_values(c, &|k| std::env::var(k).ok())?;
         let engine = Engine::connect().await?;
         let state = self.state_dir.load()?;

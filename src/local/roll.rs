@@ -182,7 +182,7 @@ impl Roll<'_> {
         // The roll undoes itself on an interrupt, and main waits for that up to its grace:
         // the undo too runs inside `self_undoing`, or main would stop it half-way (between two
         // of its calls nothing else says an undo is under way).
-        let result = interrupt::self_undoing(async {
+        let result = interrupt::self_undoing(Box::pin(async {
             let outcome = t.drive(started + self.timeout).await;
             t.report.seconds = started.elapsed().as_secs_f64();
             if let (Some(a), Some(b)) = (t.overlap_from, t.overlap_until) {
@@ -192,7 +192,7 @@ impl Roll<'_> {
                 Ok(()) => Ok(()),
                 Err(cause) => Err(t.undo(cause).await),
             }
-        })
+        }))
         .await;
         result.map(|()| t.report)
     }
@@ -229,7 +229,7 @@ impl Tracker<'_> {
                 .filter(|i| !self.stopping_names.contains(&i.name))
                 .partition(|i| i.spec_hash == r.target.hash);
             let mut view = View {
-                old_stopping: self.stopping_names.len() as u32,
+                old_stopping: count(self.stopping_names.len()),
                 ..View::default()
             };
             let mut alive_new = Vec::new();
@@ -243,7 +243,7 @@ impl Tracker<'_> {
                     }
                 }
             }
-            if r.circuit_breaker && self.report.failed_starts.len() as u32 >= threshold {
+            if r.circuit_breaker && count(self.report.failed_starts.len()) >= threshold {
                 return Err(Undo::Breaker);
             }
             let mut old_live = Vec::new();
@@ -473,14 +473,15 @@ impl Tracker<'_> {
                 }
             }
             // Old containers that were stopping finish on their own; count what still runs.
-            let old_running = all
-                .iter()
-                .filter(|i| {
-                    i.spec_hash != r.target.hash
-                        && i.running()
-                        && !self.stopping_names.contains(&i.name)
-                })
-                .count() as u32;
+            let old_running = count(
+                all.iter()
+                    .filter(|i| {
+                        i.spec_hash != r.target.hash
+                            && i.running()
+                            && !self.stopping_names.contains(&i.name)
+                    })
+                    .count(),
+            );
             self.restore_previous(old_running).await
         })
         .await;
@@ -612,6 +613,11 @@ fn slot_of(name: &str) -> Option<u32> {
 /// A spec's containers are of one revision; used to tell the caller which ones the roll made.
 pub fn is_of(i: &Instance, spec: &ContainerSpec) -> bool {
     i.spec_hash == spec.hash()
+}
+
+/// A count of containers, as the roll's u32 fields hold them.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

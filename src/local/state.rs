@@ -118,13 +118,13 @@ impl StateDir {
         self.path.join("state.json").exists()
     }
 
-    fn io_error(&self, what: &str, e: std::io::Error) -> Error {
+    fn io_error(&self, what: &str, e: &std::io::Error) -> Error {
         Error::failure(format!("{what} {}: {e}", self.path.display()))
             .with_help("the local target keeps its state there; make the folder writable")
     }
 
     fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.path).map_err(|e| self.io_error("cannot create", e))?;
+        std::fs::create_dir_all(&self.path).map_err(|e| self.io_error("cannot create", &e))?;
         // `.deployer/` holds artifacts and state, never sources (see deploy::write_artifacts).
         if let Some(root) = self.path.parent().and_then(Path::parent) {
             let ignore = root.join(".gitignore");
@@ -145,7 +145,7 @@ impl StateDir {
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(self.io_error("cannot read", e)),
+            Err(e) => Err(self.io_error("cannot read", &e)),
         }
     }
 
@@ -156,7 +156,7 @@ impl StateDir {
         let json = serde_json::to_vec_pretty(state).unwrap_or_default();
         std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, self.path.join("state.json")))
-            .map_err(|e| self.io_error("cannot write state in", e))
+            .map_err(|e| self.io_error("cannot write state in", &e))
     }
 
     /// The secrets' hash key, created on first use.
@@ -166,7 +166,7 @@ impl StateDir {
             Ok(k) if k.len() == 32 => return Ok(k),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.io_error("cannot read the key in", e)),
+            Err(e) => return Err(self.io_error("cannot read the key in", &e)),
         }
         self.create()?;
         let mut key = vec![0u8; 32];
@@ -180,7 +180,7 @@ impl StateDir {
             .mode(0o600)
             .open(&file)
             .and_then(|mut f| f.write_all(&key))
-            .map_err(|e| self.io_error("cannot write the key in", e))?;
+            .map_err(|e| self.io_error("cannot write the key in", &e))?;
         Ok(key)
     }
 
@@ -190,7 +190,7 @@ impl StateDir {
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io_error("cannot remove", e)),
+            Err(e) => Err(self.io_error("cannot remove", &e)),
         }
     }
 
@@ -207,7 +207,7 @@ impl StateDir {
                 .create(true)
                 .truncate(false)
                 .open(&file_path)
-                .map_err(|e| self.io_error("cannot open the lock in", e))?;
+                .map_err(|e| self.io_error("cannot open the lock in", &e))?;
             match file.try_lock() {
                 Ok(()) => {
                     let holder = format!(
@@ -230,7 +230,7 @@ impl StateDir {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(self.io_error("cannot lock", e));
+                    return Err(self.io_error("cannot lock", &e));
                 }
             }
         }

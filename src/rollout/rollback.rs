@@ -3,6 +3,7 @@
 //! every other parameter is kept as it is live, so a rollback cannot drift the network or the
 //! deployment settings. The next `up`/`redeploy` rolls forward to what the config says.
 
+use crate::aws::Context;
 use crate::error::{Error, Result};
 use crate::rollout::track::{self, ServiceState};
 use crate::stacks::{self, Applied, StackSpec, Wait, templates};
@@ -29,12 +30,7 @@ async fn active_revisions(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Vec
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            Error::failure(format!(
-                "list task definitions of {family}: {}",
-                crate::aws::describe(&e)
-            ))
-        })?;
+        let page = page.context(format!("list task definitions of {family}"))?;
         // family_prefix also matches longer family names: keep exact matches only.
         out.extend(
             page.task_definition_arns()

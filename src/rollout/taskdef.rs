@@ -1,7 +1,7 @@
 //! Task definitions: render from settings, normalise, compare with the live revision,
 //! register only when something changed. The same struct is the `task-definition.json` artifact.
 
-use crate::aws::describe as describe_err;
+use crate::aws::Context;
 use crate::error::{Error, Result};
 use aws_sdk_ecs::types::{
     Compatibility, ContainerDefinition, CpuArchitecture, KeyValuePair, LogConfiguration, LogDriver,
@@ -196,17 +196,17 @@ pub async fn latest(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Option<Li
             // ECS answers a missing family with a ClientException "Unable to describe task
             // definition"; other ClientExceptions (a malformed name, a denied call) are errors.
             if e.as_service_error()
-                .is_some_and(|se| se.is_client_exception())
+                .is_some_and(aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionError::is_client_exception)
                 && (msg.contains("Unable to describe")
                     || msg.contains("not found")
                     || msg.contains("does not exist"))
             {
                 return Ok(None);
             }
-            return Err(Error::failure(format!(
-                "describe task definition {family}: {}",
-                describe_err(&e)
-            )));
+            return Err(crate::aws::failure(
+                &format!("describe task definition {family}"),
+                &e,
+            ));
         }
     };
     let Some(td) = out.task_definition() else {
@@ -253,14 +253,14 @@ fn from_live(td: &aws_sdk_ecs::types::TaskDefinition) -> TaskDef {
                 command: c.command().to_vec(),
                 environment,
                 secrets,
-                stop_timeout: c.stop_timeout().unwrap_or(30) as u32,
+                stop_timeout: u32::try_from(c.stop_timeout().unwrap_or(30)).unwrap_or(30),
                 health_check: c.health_check().map(|h| Health {
                     command: h.command().to_vec(),
                     // ECS fills these defaults when they are not sent.
-                    interval: h.interval().unwrap_or(30) as u32,
-                    timeout: h.timeout().unwrap_or(5) as u32,
-                    retries: h.retries().unwrap_or(3) as u32,
-                    start_period: h.start_period().unwrap_or(0) as u32,
+                    interval: u32::try_from(h.interval().unwrap_or(30)).unwrap_or(30),
+                    timeout: u32::try_from(h.timeout().unwrap_or(5)).unwrap_or(5),
+                    retries: u32::try_from(h.retries().unwrap_or(3)).unwrap_or(3),
+                    start_period: u32::try_from(h.start_period().unwrap_or(0)).unwrap_or(0),
                 }),
                 log_configuration: Logs {
                     log_driver: log
@@ -397,13 +397,7 @@ pub async fn register(
         ))
         .send()
         .await
-        .map_err(|e| {
-            Error::failure(format!(
-                "register task definition {}: {}",
-                def.family,
-                describe_err(&e)
-            ))
-        })?;
+        .context(format!("register task definition {}", def.family))?;
     let td = out.task_definition().ok_or_else(|| {
         Error::failure(format!(
             "register task definition {}: empty response",

@@ -6,6 +6,7 @@
 //! included), and falls back to the service's deployments list, by id, where the endpoint
 //! does not implement that API (the emulator).
 
+use crate::aws::Context;
 use crate::aws::describe as describe_err;
 use crate::error::{Error, ExitCode, Result};
 use crate::stacks::Wait;
@@ -42,7 +43,7 @@ pub async fn describe(
         // permission, throttling) is reported, never read as "not found".
         Err(e)
             if e.as_service_error()
-                .is_some_and(|se| se.is_cluster_not_found_exception()) =>
+                .is_some_and(aws_sdk_ecs::operation::describe_services::DescribeServicesError::is_cluster_not_found_exception) =>
         {
             return Ok(None);
         }
@@ -113,7 +114,7 @@ pub async fn stopped_tasks(
         .iter()
         .filter(|t| t.task_definition_arn() == Some(task_definition))
         .collect();
-    ours.sort_by_key(|t| std::cmp::Reverse(t.stopped_at().map(|d| d.secs())));
+    ours.sort_by_key(|t| std::cmp::Reverse(t.stopped_at().map(aws_smithy_types::DateTime::secs)));
     ours.iter()
         .take(5)
         .map(|t| {
@@ -310,11 +311,10 @@ async fn service_deployments(
             Ok(Some((list, n)))
         }
         Err(e) if unimplemented(&e) => Ok(None),
-        Err(e) => Err(Error::failure(format!(
-            "list service deployments of {}: {}",
-            f.service,
-            describe_err(&e)
-        ))),
+        Err(e) => Err(crate::aws::failure(
+            &format!("list service deployments of {}", f.service),
+            &e,
+        )),
     }
 }
 
@@ -344,27 +344,7 @@ pub async fn wait_deployed(
     let mut poll = wait.min_poll;
     let mut ours_arn: Option<String> = None;
     loop {
-        let seen = match service_deployments(ecs, f).await? {
-            Some((list, _)) => {
-                if let Some(arn) = list.first().and_then(|d| d.service_deployment_arn()) {
-                    ours_arn.get_or_insert_with(|| arn.to_string());
-                }
-                let seen = classify(&list);
-                sp.set_message(format!(
-                    "{service}: deployment {} {}",
-                    ours_arn
-                        .as_deref()
-                        .and_then(|a| a.rsplit('/').next())
-                        .unwrap_or("(not started yet)"),
-                    list.first()
-                        .and_then(|d| d.status())
-                        .map_or("PENDING", |s| s.as_str())
-                ));
-                seen
-            }
-            None => from_deployments_list(ecs, f, &sp).await?,
-        };
-        match seen {
+        match observe(ecs, f, &sp, &mut ours_arn).await? {
             Seen::Going => {}
             Seen::Completed => {
                 sp.finish(format!("{service}: deployed"));
@@ -414,6 +394,34 @@ pub async fn wait_deployed(
         }
         poll = (poll * 2).min(wait.max_poll);
     }
+}
+
+/// One look at our deployment: through the service-deployment API (remembering our
+/// deployment's ARN the first time it appears), else the service's deployments list.
+async fn observe(
+    ecs: &aws_sdk_ecs::Client,
+    f: &Follow<'_>,
+    sp: &crate::ui::Spinner,
+    ours_arn: &mut Option<String>,
+) -> Result<Seen> {
+    let Some((list, _)) = service_deployments(ecs, f).await? else {
+        return from_deployments_list(ecs, f, sp).await;
+    };
+    if let Some(arn) = list.first().and_then(|d| d.service_deployment_arn()) {
+        ours_arn.get_or_insert_with(|| arn.to_string());
+    }
+    sp.set_message(format!(
+        "{}: deployment {} {}",
+        f.service,
+        ours_arn
+            .as_deref()
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or("(not started yet)"),
+        list.first()
+            .and_then(|d| d.status())
+            .map_or("PENDING", |s| s.as_str())
+    ));
+    Ok(classify(&list))
 }
 
 /// An interrupted rollout wait: stop our deployment with a rollback when asked (the
@@ -470,13 +478,7 @@ async fn from_deployments_list(
         .services(f.service)
         .send()
         .await
-        .map_err(|e| {
-            Error::failure(format!(
-                "describe service {}: {}",
-                f.service,
-                describe_err(&e)
-            ))
-        })?;
+        .context(format!("describe service {}", f.service))?;
     let svc = out.services().first().ok_or_else(|| {
         Error::failure(format!(
             "service {} not found in cluster {}",

@@ -1,6 +1,7 @@
 //! Create/update through change sets, wait with a deadline while streaming events, delete.
 
 use super::{StackSpec, templates};
+use crate::aws::Context;
 use crate::aws::{self, describe as describe_err, message};
 use crate::error::{Error, ExitCode, Result};
 use crate::retry::{self, Blips};
@@ -244,13 +245,7 @@ pub async fn is_current(cfn: &Client, spec: &StackSpec, live: &LiveStack, ui: &U
         .template_stage(TemplateStage::Original)
         .send()
         .await
-        .map_err(|e| {
-            Error::failure(format!(
-                "get template of {}: {}",
-                spec.name,
-                describe_err(&e)
-            ))
-        })?;
+        .context(format!("get template of {}", spec.name))?;
     let same = body.template_body() == Some(spec.template);
     if !same {
         ui.detail(format!("{}: template changed", spec.name));
@@ -455,8 +450,7 @@ pub async fn other_service_stacks(
     let mut candidates = Vec::new();
     let mut pages = cfn.list_stacks().into_paginator().send();
     while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| Error::failure(format!("list stacks: {}", describe_err(&e))))?;
+        let page = page.context("list stacks")?;
         candidates.extend(
             page.stack_summaries()
                 .iter()
@@ -685,7 +679,7 @@ async fn execute(cfn: &Client, stack: &str, change_set: &str, sp: &Spinner) -> R
     };
     let refused_status = e
         .as_service_error()
-        .is_some_and(|s| s.is_invalid_change_set_status_exception());
+        .is_some_and(aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetError::is_invalid_change_set_status_exception);
     if refused_status {
         let d = cfn
             .describe_change_set()
@@ -751,10 +745,7 @@ pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()>
         // moto deletes synchronously and can report a resource's failure while the stack is
         // gone anyway; the goal (no stack) is what counts, so check before failing.
         if describe(cfn, name).await?.is_some() {
-            return Err(Error::failure(format!(
-                "delete stack {name}: {}",
-                describe_err(&e)
-            )));
+            return Err(crate::aws::failure(&format!("delete stack {name}"), &e));
         }
         ui.warn(format!(
             "{name}: deleted, but CloudFormation reported: {}",
@@ -965,7 +956,10 @@ async fn new_events(
         if ev.timestamp().is_some_and(|t| t.secs() < since.secs()) || !seen.insert(id.to_string()) {
             continue;
         }
-        let status = ev.resource_status().map(|s| s.as_str()).unwrap_or_default();
+        let status = ev
+            .resource_status()
+            .map(aws_sdk_cloudformation::types::ResourceStatus::as_str)
+            .unwrap_or_default();
         let mut line = format!(
             "  {name} {} {} {status}",
             ev.logical_resource_id().unwrap_or_default(),
@@ -1002,12 +996,19 @@ async fn first_failure(
                 ": {} ({}) {}: {}",
                 e.logical_resource_id().unwrap_or_default(),
                 e.resource_type().unwrap_or_default(),
-                e.resource_status().map(|s| s.as_str()).unwrap_or_default(),
+                e.resource_status()
+                    .map(aws_sdk_cloudformation::types::ResourceStatus::as_str)
+                    .unwrap_or_default(),
                 e.resource_status_reason().unwrap_or("no reason given")
             )
         })
         .unwrap_or_default()
 }
+
+/// Test fixtures shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/cfn_fakes.rs"]
+mod cfn_fakes;
 
 #[cfg(test)]
 mod fakes {
@@ -1020,19 +1021,14 @@ mod fakes {
     use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
     use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
     use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
-    use aws_sdk_cloudformation::operation::describe_stacks::{
-        DescribeStacksError, DescribeStacksOutput,
-    };
     use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
     use aws_sdk_cloudformation::operation::get_template::GetTemplateOutput;
     use aws_sdk_cloudformation::primitives::DateTime;
-    use aws_sdk_cloudformation::types::{
-        Change, ChangeAction, ResourceChange as CfnChange, ResourceStatus, Stack, StackEvent,
-    };
+    use aws_sdk_cloudformation::types::{ResourceStatus, StackEvent};
     use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
-    use aws_smithy_types::error::ErrorMetadata;
 
-    const NAME: &str = "demo-network";
+    use super::cfn_fakes;
+    use cfn_fakes::{NAME, missing, spec, stack};
 
     fn fast() -> Wait {
         Wait {
@@ -1040,54 +1036,6 @@ mod fakes {
             min_poll: Duration::from_millis(1),
             max_poll: Duration::from_millis(2),
         }
-    }
-
-    fn spec() -> StackSpec {
-        StackSpec {
-            name: NAME.into(),
-            template: templates::NETWORK,
-            parameters: BTreeMap::from([("Project".to_string(), "demo".to_string())]),
-            tags: super::super::project_tags("demo"),
-        }
-    }
-
-    fn stack(status: StackStatus) -> DescribeStacksOutput {
-        DescribeStacksOutput::builder()
-            .stacks(
-                Stack::builder()
-                    .stack_name(NAME)
-                    .stack_status(status)
-                    .creation_time(DateTime::from_secs(0))
-                    .tags(
-                        aws_sdk_cloudformation::types::Tag::builder()
-                            .key("managed-by")
-                            .value("deployer")
-                            .build(),
-                    )
-                    .tags(
-                        aws_sdk_cloudformation::types::Tag::builder()
-                            .key("project")
-                            .value("demo")
-                            .build(),
-                    )
-                    .outputs(
-                        aws_sdk_cloudformation::types::Output::builder()
-                            .output_key("VpcId")
-                            .output_value("vpc-1")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .build()
-    }
-
-    fn missing() -> DescribeStacksError {
-        DescribeStacksError::generic(
-            ErrorMetadata::builder()
-                .code("ValidationError")
-                .message(format!("Stack with id {NAME} does not exist"))
-                .build(),
-        )
     }
 
     fn event(
@@ -1120,31 +1068,16 @@ mod fakes {
         })
     }
 
+    /// The shared change set, executed as a no-op: create, describe, execute, delete (the
+    /// tests index them in this order).
     fn change_set_rules() -> Vec<Rule> {
-        vec![
-            mock!(Client::create_change_set)
-                .then_output(|| CreateChangeSetOutput::builder().id("cs-1").build()),
-            mock!(Client::describe_change_set).then_output(|| {
-                DescribeChangeSetOutput::builder()
-                    .status(ChangeSetStatus::CreateComplete)
-                    .changes(
-                        Change::builder()
-                            .resource_change(
-                                CfnChange::builder()
-                                    .action(ChangeAction::Add)
-                                    .logical_resource_id("Vpc")
-                                    .resource_type("AWS::EC2::VPC")
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .build()
-            }),
+        let mut rules = cfn_fakes::change_set_rules();
+        rules.insert(
+            2,
             mock!(Client::execute_change_set)
                 .then_output(|| ExecuteChangeSetOutput::builder().build()),
-            mock!(Client::delete_change_set)
-                .then_output(|| DeleteChangeSetOutput::builder().build()),
-        ]
+        );
+        rules
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod files;
 pub mod prefect;
 
 use bollard::Docker;
@@ -51,13 +52,9 @@ pub async fn docker() -> Docker {
         .expect("the Docker engine must be reachable (scripts/test.sh starts dockerd if needed)")
 }
 
-pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
-    let path = root.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).expect("mkdir");
-    }
-    std::fs::write(path, content).expect("write");
-}
+// (Each test binary uses some of them.)
+#[allow(unused_imports)]
+pub use files::{git, tar_entries, write};
 
 /// A C program that prints `message` and exits with `code`, for a FROM scratch image.
 pub fn c_program(message: &str, code: i32) -> String {
@@ -130,7 +127,7 @@ pub async fn run_once(docker: &Docker, image: &str, cmd: &[&str]) -> (i64, Strin
             None,
             ContainerCreateBody {
                 image: Some(image.to_string()),
-                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                cmd: Some(cmd.iter().map(std::string::ToString::to_string).collect()),
                 network_disabled: Some(true),
                 ..Default::default()
             },

@@ -825,7 +825,7 @@ impl FloodSource {
                         if n == 0 {
                             break;
                         }
-                        let piece = &chunk[..n as usize];
+                        let piece = &chunk[..usize::try_from(n).unwrap_or(chunk.len())];
                         let ok = if chunked {
                             let mut framed = format!("{n:x}\r\n").into_bytes();
                             framed.extend_from_slice(piece);
