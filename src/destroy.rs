@@ -161,9 +161,16 @@ async fn run(
             .map(|n| stacks::delete(&cl.cfn, n, wait, ui)),
     )
     .await;
+    // Every failure is reported (each stack needs its own look), after what did go is noted.
+    let mut errors = Vec::new();
     for (n, r) in services.iter().zip(results) {
-        r?;
-        report.deleted_stacks.push(n.clone());
+        match r {
+            Ok(()) => report.deleted_stacks.push(n.clone()),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(e) = Error::all(errors) {
+        return Err(e);
     }
     // 2. Task definition revisions the deployer registered.
     let mut families: Vec<String> = c.services.keys().map(|s| c.names().family(s)).collect();
@@ -182,28 +189,7 @@ async fn run(
     //    stop timeout to go), then the network (Fargate ENIs take minutes to release).
     let cluster_stack = c.names().stack(StackPart::Cluster);
     if has(&cluster_stack) {
-        let cluster = stacks::describe(&cl.cfn, &cluster_stack)
-            .await?
-            .and_then(|l| l.outputs.get("ClusterName").cloned())
-            .unwrap_or_else(|| c.project.clone());
-        let longest = c
-            .services
-            .values()
-            .map(|s| s.stop_timeout)
-            .max()
-            .unwrap_or(120);
-        let bound = Duration::from_secs(u64::from(longest) + 60).min(wait.timeout);
-        wait_tasks_stopped(&cl.ecs, &cluster, bound, TASK_POLL, ui).await?;
-        stacks::delete(&cl.cfn, &cluster_stack, wait, ui).await?;
-        report.deleted_stacks.push(cluster_stack);
-        if crate::cloudwatch::delete_insights_group(&cl.logs, &cluster).await? {
-            ui.step(format!(
-                "deleted the Container Insights log group of {cluster}"
-            ));
-            report
-                .deleted_log_groups
-                .push(crate::names::insights_log_group(&cluster));
-        }
+        delete_cluster(c, cl, wait, ui, cluster_stack, report).await?;
     }
     if let Some(network) = network_spec(c).map(|s| s.name).filter(|n| has(n)) {
         delete_network(&cl.cfn, &network, wait, ui, ENI_RETRY).await?;
@@ -231,6 +217,41 @@ async fn run(
             c.project
         ));
         report.deleted_parameters = parameters.to_vec();
+    }
+    Ok(())
+}
+
+/// The cluster stack once the cluster runs no task (a deleted service's tasks take up to
+/// their stop timeout to go), and the Container Insights log group it wrote to.
+async fn delete_cluster(
+    c: &Config,
+    cl: &Clients,
+    wait: Wait,
+    ui: &Ui,
+    cluster_stack: String,
+    report: &mut DestroyReport,
+) -> Result<()> {
+    let cluster = stacks::describe(&cl.cfn, &cluster_stack)
+        .await?
+        .and_then(|l| l.outputs.get("ClusterName").cloned())
+        .unwrap_or_else(|| c.project.clone());
+    let longest = c
+        .services
+        .values()
+        .map(|s| s.stop_timeout)
+        .max()
+        .unwrap_or(120);
+    let bound = Duration::from_secs(u64::from(longest) + 60).min(wait.timeout);
+    wait_tasks_stopped(&cl.ecs, &cluster, bound, TASK_POLL, ui).await?;
+    stacks::delete(&cl.cfn, &cluster_stack, wait, ui).await?;
+    report.deleted_stacks.push(cluster_stack);
+    if crate::cloudwatch::delete_insights_group(&cl.logs, &cluster).await? {
+        ui.step(format!(
+            "deleted the Container Insights log group of {cluster}"
+        ));
+        report
+            .deleted_log_groups
+            .push(crate::names::insights_log_group(&cluster));
     }
     Ok(())
 }

@@ -183,7 +183,6 @@ async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
 async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
     let g = &cli.global;
     let local = Local::new(loaded, ui, Duration::from_secs(g.wait_for_lock));
-    let started = Instant::now();
     match &cli.command {
         Command::Init { .. } => unreachable!("init runs before a config is loaded"),
         Command::Plan { exit_code, .. } => {
@@ -197,26 +196,7 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             })
         }
         Command::Up(args) | Command::Redeploy(args) => {
-            let mode = match &cli.command {
-                Command::Redeploy(_) => deploy::Mode::Redeploy,
-                _ => deploy::Mode::Up,
-            };
-            let report = match local.up(&args.image, &args.out_dir, mode).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let exists = local.exists_now().await;
-                    return Err(failed(mode, loaded, "local", e, exists, &args.out_dir, ui));
-                }
-            };
-            let md = summary::local_up_markdown(&report);
-            write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui)?;
-            ui.result(summary::local_up_text(&report).trim_end());
-            ui.result_json(&Done {
-                target: Some("local"),
-                seconds: Some(started.elapsed().as_secs_f64()),
-                ..done(&report)
-            });
-            Ok(ExitCode::Success)
+            local_deploy(cli, ui, loaded, &local, args).await
         }
         Command::Build { push, image, .. } => {
             let images = interrupt::or_interrupted(
@@ -228,25 +208,7 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             print_images(loaded, &images, ui)
         }
         Command::Rollback { service, to, .. } => {
-            let to = match to {
-                Some(n) => Some(u32::try_from(*n).map_err(|_| {
-                    Error::bad_input(format!("--to {n}: a revision is a positive number"))
-                })?),
-                None => None,
-            };
-            let rolled_back = local.rollback(service.as_deref(), to).await?;
-            for (service, from, to) in &rolled_back {
-                ui.result(format!("{service}: rolled back revision {from} -> {to}"));
-            }
-            let list: Vec<_> = rolled_back
-                .iter()
-                .map(|(s, f, t)| json!({"service": s, "from": f, "to": t}))
-                .collect();
-            ui.result_json(&Done {
-                target: Some("local"),
-                ..done(&json!({ "rollbacks": list }))
-            });
-            Ok(ExitCode::Success)
+            local_rollback(ui, &local, service.as_deref(), *to).await
         }
         Command::Destroy {
             yes,
@@ -275,6 +237,66 @@ async fn run_local(cli: &Cli, ui: &Ui, loaded: &Loaded) -> Result<ExitCode> {
             Ok(ExitCode::Success)
         }
     }
+}
+
+/// `up` or `redeploy` on the local engine (src/local/).
+async fn local_deploy(
+    cli: &Cli,
+    ui: &Ui,
+    loaded: &Loaded,
+    local: &Local<'_>,
+    args: &DeployArgs,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mode = match &cli.command {
+        Command::Redeploy(_) => deploy::Mode::Redeploy,
+        _ => deploy::Mode::Up,
+    };
+    let report = match local.up(&args.image, &args.out_dir, mode).await {
+        Ok(r) => r,
+        Err(e) => {
+            let exists = local.exists_now().await;
+            return Err(failed(mode, loaded, "local", e, exists, &args.out_dir, ui));
+        }
+    };
+    let md = summary::local_up_markdown(&report);
+    write_summaries(&args.out_dir, &md, &summary::local_up_outputs(&report), ui)?;
+    ui.result(summary::local_up_text(&report).trim_end());
+    ui.result_json(&Done {
+        target: Some("local"),
+        seconds: Some(started.elapsed().as_secs_f64()),
+        ..done(&report)
+    });
+    Ok(ExitCode::Success)
+}
+
+/// `rollback` on the local engine: to the previous kept revision, or `--to N`.
+async fn local_rollback(
+    ui: &Ui,
+    local: &Local<'_>,
+    service: Option<&str>,
+    to: Option<i32>,
+) -> Result<ExitCode> {
+    let to =
+        match to {
+            Some(n) => Some(u32::try_from(n).map_err(|_| {
+                Error::bad_input(format!("--to {n}: a revision is a positive number"))
+            })?),
+            None => None,
+        };
+    let rolled_back = local.rollback(service, to).await?;
+    for (service, from, to) in &rolled_back {
+        ui.result(format!("{service}: rolled back revision {from} -> {to}"));
+    }
+    let list: Vec<_> = rolled_back
+        .iter()
+        .map(|(s, f, t)| json!({"service": s, "from": f, "to": t}))
+        .collect();
+    ui.result_json(&Done {
+        target: Some("local"),
+        ..done(&json!({ "rollbacks": list }))
+    });
+    Ok(ExitCode::Success)
 }
 
 /// A failed `up`/`redeploy`: the job summary, outputs and `--json` still say what happened

@@ -253,17 +253,7 @@ pub async fn publish(
             .ensure_clean()?,
         }
     }
-    let registry = match (&req.registry_override, req.push, ecr) {
-        (Some(host), _, _) => Registry::Override(host.clone()),
-        (None, true, Some(ecr)) => Registry::Ecr(auth::ecr_auth(ecr).await?),
-        (None, true, None) => {
-            return Err(Error::failure(
-                "no registry to push to: ECR needs AWS access and none was set up",
-            )
-            .with_help("pass --registry HOST:PORT, or build without pushing"));
-        }
-        (None, false, _) => Registry::Local,
-    };
+    let registry = registry(req, ecr).await?;
     let repo_ref = match registry.host() {
         Some(host) => format!("{host}/{}", req.repository),
         None => req.repository.clone(),
@@ -344,6 +334,21 @@ pub async fn publish(
     published.bytes_pushed = pushed.bytes_pushed;
     published.push_seconds = pushed.seconds;
     Ok(published)
+}
+
+/// Where the image goes: the `--registry` override, ECR (authenticated), or nowhere.
+async fn registry(req: &PublishRequest<'_>, ecr: Option<&aws_sdk_ecr::Client>) -> Result<Registry> {
+    Ok(match (&req.registry_override, req.push, ecr) {
+        (Some(host), _, _) => Registry::Override(host.clone()),
+        (None, true, Some(ecr)) => Registry::Ecr(auth::ecr_auth(ecr).await?),
+        (None, true, None) => {
+            return Err(Error::failure(
+                "no registry to push to: ECR needs AWS access and none was set up",
+            )
+            .with_help("pass --registry HOST:PORT, or build without pushing"));
+        }
+        (None, false, _) => Registry::Local,
+    })
 }
 
 /// If the registry already has `tag`, the finished result (nothing built or pushed).

@@ -801,34 +801,7 @@ impl Local<'_> {
         }
         confirm(&what)?;
         let _lock = self.state_dir.lock("destroy", self.wait_for_lock).await?;
-        let stops = all.iter().map(|i| {
-            let timeout = Duration::from_secs(u64::from(
-                c.services.get(&i.service).map_or(30, |s| s.stop_timeout),
-            ));
-            let engine = &engine;
-            async move {
-                self.ui.step(format!(
-                    "stopping {} (SIGTERM, then SIGKILL after {} s)",
-                    i.name,
-                    timeout.as_secs()
-                ));
-                let code = if i.running() {
-                    engine.stop(&i.name, timeout).await?
-                } else {
-                    i.exit_code
-                };
-                engine.remove(&i.name).await?;
-                Ok::<_, Error>(roll::Stopped {
-                    container: i.name.clone(),
-                    revision: i.revision,
-                    exit_code: code,
-                })
-            }
-        });
-        let containers = futures::future::join_all(stops)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        let containers = self.stop_and_remove(&engine, &all).await?;
         let network_removed = engine.remove_network(&c.project).await?;
         let mut images_removed = 0;
         for id in &images {
@@ -853,6 +826,40 @@ impl Local<'_> {
             lake_deleted: drop_lake.is_some(),
             nothing,
         })
+    }
+
+    /// Stop (SIGTERM, then SIGKILL after the service's stop timeout) and remove every
+    /// container, all at once.
+    async fn stop_and_remove(
+        &self,
+        engine: &Engine,
+        all: &[Instance],
+    ) -> Result<Vec<roll::Stopped>> {
+        let c = self.config();
+        let stops = all.iter().map(|i| {
+            let timeout = Duration::from_secs(u64::from(
+                c.services.get(&i.service).map_or(30, |s| s.stop_timeout),
+            ));
+            async move {
+                self.ui.step(format!(
+                    "stopping {} (SIGTERM, then SIGKILL after {} s)",
+                    i.name,
+                    timeout.as_secs()
+                ));
+                let code = if i.running() {
+                    engine.stop(&i.name, timeout).await?
+                } else {
+                    i.exit_code
+                };
+                engine.remove(&i.name).await?;
+                Ok::<_, Error>(roll::Stopped {
+                    container: i.name.clone(),
+                    revision: i.revision,
+                    exit_code: code,
+                })
+            }
+        });
+        futures::future::join_all(stops).await.into_iter().collect()
     }
 
     /// Put services back on the previous (or a given) kept revision, rolled like any other.

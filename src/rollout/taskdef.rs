@@ -305,6 +305,63 @@ fn from_live(td: &aws_sdk_ecs::types::TaskDefinition) -> TaskDef {
     }
 }
 
+/// One container of the task definition as the ECS API takes it.
+fn container_definition(c: &Container) -> Result<ContainerDefinition> {
+    let log = LogConfiguration::builder()
+        .log_driver(LogDriver::from(c.log_configuration.log_driver.as_str()))
+        .set_options(Some(
+            c.log_configuration.options.clone().into_iter().collect(),
+        ))
+        .build()
+        .map_err(|e| Error::failure(format!("task definition log configuration: {e}")))?;
+    let secrets = c
+        .secrets
+        .iter()
+        .map(|s| {
+            Secret::builder()
+                .name(&s.name)
+                .value_from(&s.value_from)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::failure(format!("task definition secrets: {e}")))?;
+    let health = c
+        .health_check
+        .as_ref()
+        .map(|h| {
+            aws_sdk_ecs::types::HealthCheck::builder()
+                .set_command(Some(h.command.clone()))
+                .interval(h.interval as i32)
+                .timeout(h.timeout as i32)
+                .retries(h.retries as i32)
+                .start_period(h.start_period as i32)
+                .build()
+        })
+        .transpose()
+        .map_err(|e| Error::failure(format!("task definition health check: {e}")))?;
+    Ok(ContainerDefinition::builder()
+        .name(&c.name)
+        .image(&c.image)
+        .essential(c.essential)
+        .set_command((!c.command.is_empty()).then(|| c.command.clone()))
+        .set_environment(Some(
+            c.environment
+                .iter()
+                .map(|e| {
+                    KeyValuePair::builder()
+                        .name(&e.name)
+                        .value(&e.value)
+                        .build()
+                })
+                .collect(),
+        ))
+        .set_secrets(Some(secrets))
+        .stop_timeout(c.stop_timeout as i32)
+        .set_health_check(health)
+        .log_configuration(log)
+        .build())
+}
+
 /// Register a new revision. Returns (ARN, revision).
 pub async fn register(
     ecs: &aws_sdk_ecs::Client,
@@ -314,61 +371,7 @@ pub async fn register(
     let containers = def
         .container_definitions
         .iter()
-        .map(|c| {
-            let log = LogConfiguration::builder()
-                .log_driver(LogDriver::from(c.log_configuration.log_driver.as_str()))
-                .set_options(Some(
-                    c.log_configuration.options.clone().into_iter().collect(),
-                ))
-                .build()
-                .map_err(|e| Error::failure(format!("task definition log configuration: {e}")))?;
-            let secrets = c
-                .secrets
-                .iter()
-                .map(|s| {
-                    Secret::builder()
-                        .name(&s.name)
-                        .value_from(&s.value_from)
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::failure(format!("task definition secrets: {e}")))?;
-            let health = c
-                .health_check
-                .as_ref()
-                .map(|h| {
-                    aws_sdk_ecs::types::HealthCheck::builder()
-                        .set_command(Some(h.command.clone()))
-                        .interval(h.interval as i32)
-                        .timeout(h.timeout as i32)
-                        .retries(h.retries as i32)
-                        .start_period(h.start_period as i32)
-                        .build()
-                })
-                .transpose()
-                .map_err(|e| Error::failure(format!("task definition health check: {e}")))?;
-            Ok(ContainerDefinition::builder()
-                .name(&c.name)
-                .image(&c.image)
-                .essential(c.essential)
-                .set_command((!c.command.is_empty()).then(|| c.command.clone()))
-                .set_environment(Some(
-                    c.environment
-                        .iter()
-                        .map(|e| {
-                            KeyValuePair::builder()
-                                .name(&e.name)
-                                .value(&e.value)
-                                .build()
-                        })
-                        .collect(),
-                ))
-                .set_secrets(Some(secrets))
-                .stop_timeout(c.stop_timeout as i32)
-                .set_health_check(health)
-                .log_configuration(log)
-                .build())
-        })
+        .map(container_definition)
         .collect::<Result<Vec<_>>>()?;
     let out = ecs
         .register_task_definition()
