@@ -155,6 +155,8 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Kept whole: one loader, then one client per service, all counted by the same
+    /// interceptor.
     pub async fn new(target: &Target) -> Result<Self> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(p) = &target.profile {

@@ -395,6 +395,9 @@ struct Infra {
 
 /// The registry (then the images), network, cluster and data stacks, side by side; every
 /// failure among them is reported.
+///
+/// Kept whole: the four stacks are joined in one place, so every failure among them is reported
+/// together.
 async fn infrastructure(
     ctx: &Ctx,
     flags: &ImageFlags,
@@ -582,6 +585,8 @@ struct Shared<'a> {
     sink_url: Option<&'a str>,
 }
 
+/// Kept whole: it reads in the order a service deploys (render, revision, stack, forced tasks,
+/// rollout, verify), and its steps share the rollout deadline, log group and start time.
 async fn deploy_service(
     ctx: &Ctx,
     name: &str,
@@ -934,6 +939,9 @@ struct LiveInfra<'a> {
 }
 
 /// One service: its task definition against the live revision, its stack through a change set.
+///
+/// Kept whole: the task definition and stack plans depend on each other (a new revision is a
+/// change of the service).
 async fn plan_service(
     ctx: &Ctx,
     name: &str,

@@ -138,6 +138,7 @@ pub async fn destroy(
     Ok(report)
 }
 
+/// Kept whole: the numbered teardown order below is the point of the function.
 async fn run(
     c: &Config,
     cl: &Clients,

@@ -440,6 +440,7 @@ async fn run_aws(cli: &Cli, ui: &Ui, loaded: Loaded) -> Result<ExitCode> {
         })
 }
 
+/// Kept whole: a dispatch, one short arm per command.
 async fn aws_command(cli: &Cli, ui: &Ui, loaded: Loaded, clients: Clients) -> Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {

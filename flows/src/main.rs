@@ -115,6 +115,8 @@ fn start(cfg: Config, identity: &identity::Identity) -> Result<Started, http::Cl
     Ok((reporter, worker, lease, runner))
 }
 
+/// Kept whole: start to shutdown in order (signals, reporter, lease, loop, flush, handoff),
+/// sharing the stop budget.
 async fn run(cfg: Config) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Err(e) = spawn_signal_handler(shutdown_tx) {

@@ -439,6 +439,8 @@ impl Runner {
         })
     }
 
+    /// Kept whole: one threshold crossing, from the price row to the Slack post and the task
+    /// record.
     async fn alert(
         &self,
         it: &Iteration<'_>,

@@ -70,6 +70,9 @@ pub struct Built {
 }
 
 /// Build `req` and tag it as `req.image_ref`.
+///
+/// Kept whole: one streamed build, the engine's messages and the context upload handled
+/// together, then one verdict from both.
 pub async fn build_image(docker: &Docker, req: BuildRequest<'_>, ui: &Ui) -> Result<Built> {
     let started = Instant::now();
     let args: HashMap<String, String> = req

@@ -236,6 +236,8 @@ impl Registry {
 /// Build and push one service image. See the module docs for the order of steps. `ecr` is
 /// needed only to push to ECR (no `registry_override`); a local-only build (`push: false`)
 /// contacts no registry.
+///
+/// Kept whole: the steps in the module docs' order, sharing the registry, repository and tag.
 pub async fn publish(
     req: &PublishRequest<'_>,
     ecr: Option<&aws_sdk_ecr::Client>,

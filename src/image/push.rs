@@ -125,6 +125,8 @@ fn has_status(message: &str, code: &str) -> bool {
 }
 
 /// Push `repository:tag` (`repository` includes the registry host).
+///
+/// Kept whole: one retried push and its cause-specific verdicts.
 pub async fn push_image(
     docker: &Docker,
     repository: &str,

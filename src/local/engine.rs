@@ -214,6 +214,9 @@ impl Engine {
 
     /// Create and start one instance of a revision. `env` is the spec's environment with the
     /// secret values and the identity variables added (never stored by the deployer).
+    ///
+    /// Kept whole: one container create request, field by field as ECS's container definition
+    /// maps onto it.
     pub async fn start(
         &self,
         project: &str,

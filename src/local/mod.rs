@@ -164,6 +164,9 @@ impl<'a> Local<'a> {
     }
 
     /// `up` / `redeploy`: build, render, and roll every service whose revision changed.
+    ///
+    /// Kept whole: the local `up` mirrors deploy::up step by step (preflight, images, secrets,
+    /// roll per service), the same order as AWS.
     pub async fn up(&self, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Result<UpReport> {
         let c = self.config();
         if mode == Mode::Redeploy && !self.state_dir.exists() {
@@ -745,6 +748,9 @@ pub struct DestroyReport {
 impl Local<'_> {
     /// Stop (gracefully) and remove the project's containers, its network, its images (unless
     /// `keep_images`) and its state; the data lake folder stays.
+    ///
+    /// Kept whole: it lists everything first (the confirmation shows it), then removes it in
+    /// order.
     pub async fn destroy(
         &self,
         keep_images: bool,

@@ -222,6 +222,7 @@ pub async fn latest(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Option<Li
     }))
 }
 
+/// Kept whole: one field of ECS's answer per line, in the order of the rendered definition.
 fn from_live(td: &aws_sdk_ecs::types::TaskDefinition) -> TaskDef {
     let containers = td
         .container_definitions()

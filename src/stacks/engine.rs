@@ -328,6 +328,9 @@ fn is_empty_change_set_reason(reason: &str) -> bool {
 
 /// Create a change set and wait until it is ready. `None`: it contains no changes
 /// (already deleted). Real CloudFormation marks such a set FAILED; moto raises ValidationError.
+///
+/// Kept whole: one create-then-poll loop whose outcomes (ready, empty, failed, timed out) are
+/// one match.
 async fn create_change_set(
     cfn: &Client,
     spec: &StackSpec,
@@ -578,6 +581,9 @@ async fn prepare(
 }
 
 /// Create the change set, execute it, wait for the stack to settle and read its outputs.
+///
+/// Kept whole: change set, execute, wait and verdict, sharing the change set and the start time
+/// the events are read from.
 async fn execute_changes(
     cfn: &Client,
     spec: &StackSpec,
