@@ -20,6 +20,22 @@ use tokio::sync::watch;
 /// well inside CI's 7.5 s between SIGINT and SIGTERM (and 10 s before SIGKILL).
 pub const GRACE: Duration = Duration::from_secs(5);
 
+/// The grace of a step that undoes itself ([`self_undoing`]: the local roll stops and removes
+/// its new containers, each given 2 s to exit, through a Docker engine that is slow when the
+/// machine is busy). Measured: under a loaded CI run that undo now and then took more than 5 s.
+/// Still inside CI's 7.5 s before SIGTERM.
+pub const SELF_UNDO_GRACE: Duration = Duration::from_millis(6500);
+
+/// How long main waits for the cleanup after a cancel, as of now ([`SELF_UNDO_GRACE`] while a
+/// self-undoing step runs, else [`GRACE`]).
+pub fn grace() -> Duration {
+    if SELF_UNDOING.load(Ordering::SeqCst) > 0 {
+        SELF_UNDO_GRACE
+    } else {
+        GRACE
+    }
+}
+
 /// Two SIGINTs closer than this are one key press (a terminal and a wrapper script can both
 /// forward it); a later one is the user pressing Ctrl-C again.
 pub const SAME_PRESS: Duration = Duration::from_millis(300);

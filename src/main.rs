@@ -63,7 +63,7 @@ fn main() {
 }
 
 /// Run the command; after an interrupt give it `interrupt::SETTLE` to fail on a refused call
-/// or start its undo, and an undo up to `interrupt::GRACE`; then stop it (a hung call must not
+/// or start its undo, and an undo up to `interrupt::grace()`; then stop it (a hung call must not
 /// hold the exit).
 async fn interrupt_bounded(
     run: impl std::future::Future<Output = Result<ExitCode>>,
@@ -73,8 +73,8 @@ async fn interrupt_bounded(
         r = &mut run => return r,
         _ = interrupt::cancelled() => {}
     }
-    let grace = tokio::time::Instant::now() + interrupt::GRACE;
-    let settle = tokio::time::Instant::now() + interrupt::SETTLE;
+    let cancelled_at = tokio::time::Instant::now();
+    let settle = cancelled_at + interrupt::SETTLE;
     loop {
         let tick = tokio::time::sleep(std::time::Duration::from_millis(50));
         tokio::select! {
@@ -82,7 +82,7 @@ async fn interrupt_bounded(
             _ = tick => {}
         }
         let now = tokio::time::Instant::now();
-        if now >= grace || (now >= settle && !interrupt::undoing()) {
+        if now >= cancelled_at + interrupt::grace() || (now >= settle && !interrupt::undoing()) {
             return Err(Error::new(
                 ExitCode::Interrupted,
                 "interrupted: stopped the step in progress (a read, or an undo that ran out of time)",
