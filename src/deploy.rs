@@ -1104,7 +1104,7 @@ pub async fn service_refs(
     let cluster = stacks::describe(cfn, &c.names().stack(StackPart::Cluster))
         .await?
         .and_then(|l| l.outputs.get("ClusterName").cloned())
-        .unwrap_or_else(|| c.project.clone());
+        .unwrap_or_else(|| c.names().cluster());
     Ok(c.services
         .keys()
         .filter(|k| only.is_none_or(|o| o == k.as_str()))

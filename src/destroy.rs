@@ -213,9 +213,9 @@ async fn run(
     if !parameters.is_empty() {
         secrets::delete(&cl.ssm, parameters).await?;
         ui.step(format!(
-            "deleted {} SSM parameter(s) under /{}/",
+            "deleted {} SSM parameter(s) under {}",
             parameters.len(),
-            c.project
+            c.names().secrets_path()
         ));
         report.deleted_parameters = parameters.to_vec();
     }
@@ -235,7 +235,7 @@ async fn delete_cluster(
     let cluster = stacks::describe(&cl.cfn, &cluster_stack)
         .await?
         .and_then(|l| l.outputs.get("ClusterName").cloned())
-        .unwrap_or_else(|| c.project.clone());
+        .unwrap_or_else(|| c.names().cluster());
     let longest = c
         .services
         .values()

@@ -197,15 +197,16 @@ pub async fn apply(
 pub async fn owned_parameters(ssm: &aws_sdk_ssm::Client, project: &str) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let mut next: Option<String> = None;
+    let path = crate::names::Names::new(project).secrets_path();
     loop {
         let out = ssm
             .get_parameters_by_path()
-            .path(crate::names::Names::new(project).secrets_path())
+            .path(&path)
             .recursive(true)
             .set_next_token(next.clone())
             .send()
             .await
-            .context(format!("list SSM parameters /{project}/"))?;
+            .context(format!("list SSM parameters {path}"))?;
         names.extend(
             out.parameters()
                 .iter()
