@@ -266,7 +266,7 @@ pub async fn identity(sts: &aws_sdk_sts::Client) -> Result<Identity> {
         .get_caller_identity()
         .send()
         .await
-        .map_err(|e| failure("cannot verify AWS credentials (sts:GetCallerIdentity)", &e))?;
+        .map_err(|e| failure("cannot verify AWS credentials (sts:GetCallerIdentity)", e))?;
     Ok(Identity {
         account: out.account().unwrap_or_default().to_string(),
         arn: out.arn().unwrap_or_default().to_string(),
@@ -305,27 +305,28 @@ pub trait Context<T> {
 
 impl<T, E> Context<T> for std::result::Result<T, SdkError<E, HttpResponse>>
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     fn context(self, what: impl std::fmt::Display) -> Result<T> {
-        self.map_err(|e| failure(&what.to_string(), &e))
+        self.map_err(|e| failure(&what.to_string(), e))
     }
 }
 
-/// `what: <error>` with the help line that matches the cause (credentials, throttling,
-/// unreachable, timeout, permission, server error); exit 130 for a call refused after an
-/// interrupt.
-pub fn failure<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Error
+/// `what: <error>` ([`crate::error::Kind::Aws`], keeping the SDK error as its source) with the
+/// help line that matches the cause (credentials, throttling, unreachable, timeout,
+/// permission, server error); the cause also picks the exit code.
+pub fn failure<E>(what: &str, err: SdkError<E, HttpResponse>) -> Error
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let cause = crate::retry::classify(err);
-    let code = match cause {
-        crate::retry::Cause::Interrupted => crate::error::ExitCode::Interrupted,
-        crate::retry::Cause::Timeout => crate::error::ExitCode::Timeout,
-        _ => crate::error::ExitCode::Failure,
-    };
-    let e = Error::new(code, format!("{what}: {}", describe(err)));
+    let cause = crate::retry::classify(&err);
+    let e: Error = crate::error::Kind::Aws {
+        what: what.to_string(),
+        detail: describe(&err),
+        cause,
+        source: Box::new(err),
+    }
+    .into();
     match cause.help() {
         Some(h) => e.with_help(h),
         None => e,

@@ -1,4 +1,5 @@
-//! Commands and flags (clap derive). No logic here.
+//! Commands and flags (clap derive). No logic here: each command is a type whose `run` lives
+//! in src/commands/ (one file per command).
 
 use crate::config::TargetKind;
 use clap::{Args, Parser, Subcommand};
@@ -69,73 +70,121 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented starter deployer.yaml for the bundled flow.
-    Init {
-        /// Overwrite an existing file.
-        #[arg(long)]
-        force: bool,
-    },
+    Init(Init),
     /// Show what `up` would create or change, per stack.
-    Plan {
-        #[command(flatten)]
-        overrides: Overrides,
-        /// Exit 0 when nothing would change, 2 when something would (for CI).
-        #[arg(long)]
-        exit_code: bool,
-    },
+    Plan(Plan),
     /// Deploy everything: registry, network, cluster, secrets, services.
-    Up(DeployArgs),
+    Up(Up),
     /// Roll new images and task definitions onto the infrastructure `up` created, and wait.
-    Redeploy(DeployArgs),
+    Redeploy(Redeploy),
     /// Put services back on an earlier task definition revision and wait for the deployment.
     /// The next `up`/`redeploy` rolls forward to what the config says.
-    Rollback {
-        /// Only this service (default: every service).
-        #[arg(long)]
-        service: Option<String>,
-        /// This revision number (default: the newest ACTIVE revision older than the running one).
-        #[arg(long, value_name = "REVISION")]
-        to: Option<i32>,
-        #[command(flatten)]
-        overrides: Overrides,
-    },
+    Rollback(Rollback),
     /// Build each service's image (and push it with --push).
-    Build {
-        #[command(flatten)]
-        overrides: Overrides,
-        /// Push to the registry after building.
-        #[arg(long)]
-        push: bool,
-        #[command(flatten)]
-        image: ImageFlags,
-    },
+    Build(Build),
     /// Delete everything `up` created, in order.
-    Destroy {
-        /// Do not ask for confirmation (required when stdin is not a terminal).
-        #[arg(long, short = 'y')]
-        yes: bool,
-        /// Local target: keep the project's images in the engine (containers and the network
-        /// are still removed).
-        #[arg(long)]
-        keep_images: bool,
-        /// Also delete the data lake the deployer made (the bucket and every object version;
-        /// locally the lake folder). Without it the data always stays.
-        #[arg(long)]
-        delete_data: bool,
-        #[command(flatten)]
-        overrides: Overrides,
-    },
+    Destroy(Destroy),
     /// The services' logs (local target: the containers' logs, prefixed by container).
-    Logs(LogsArgs),
+    Logs(Logs),
     /// Stacks, services, task definition revisions and images.
-    Status {
-        #[command(flatten)]
-        overrides: Overrides,
-    },
+    Status(Status),
+}
+
+impl Command {
+    /// The config overrides of a command that loads the config (every one but `init`).
+    pub fn overrides(&self) -> Option<&Overrides> {
+        Some(match self {
+            Command::Init(_) => return None,
+            Command::Plan(c) => &c.overrides,
+            Command::Up(Up { deploy }) | Command::Redeploy(Redeploy { deploy }) => {
+                &deploy.overrides
+            }
+            Command::Rollback(c) => &c.overrides,
+            Command::Build(c) => &c.overrides,
+            Command::Destroy(c) => &c.overrides,
+            Command::Logs(c) => &c.overrides,
+            Command::Status(c) => &c.overrides,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Init {
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Plan {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Exit 0 when nothing would change, 2 when something would (for CI).
+    #[arg(long)]
+    pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Up {
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Redeploy {
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Rollback {
+    /// Only this service (default: every service).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// This revision number (default: the newest ACTIVE revision older than the running one).
+    #[arg(long, value_name = "REVISION")]
+    pub to: Option<i32>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Args)]
+pub struct Build {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Push to the registry after building.
+    #[arg(long)]
+    pub push: bool,
+    #[command(flatten)]
+    pub image: ImageFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct Destroy {
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Local target: keep the project's images in the engine (containers and the network
+    /// are still removed).
+    #[arg(long)]
+    pub keep_images: bool,
+    /// Also delete the data lake the deployer made (the bucket and every object version;
+    /// locally the lake folder). Without it the data always stays.
+    #[arg(long)]
+    pub delete_data: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Args)]
+pub struct Status {
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 /// Flags of `logs`; one definition for both targets.
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub struct Logs {
     /// Only this service (default: every service).
     #[arg(long)]
     pub service: Option<String>,

@@ -3,7 +3,7 @@
 //! `/ecs/<project>/<service>` with the awslogs driver, stream prefix = service name, so one
 //! task's stream is `<service>/<service>/<task id>`.
 
-use crate::cli::LogsArgs;
+use crate::cli::Logs as LogsArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ui::Ui;
@@ -127,7 +127,7 @@ async fn fetch(
                 return Ok(None);
             }
             Err(e) => {
-                return Err(crate::aws::failure(&format!("read log group {group}"), &e));
+                return Err(crate::aws::failure(&format!("read log group {group}"), e));
             }
         };
         for e in page.events() {
@@ -173,7 +173,7 @@ pub async fn delete_insights_group(logs: &Client, cluster: &str) -> Result<bool>
         {
             Ok(false)
         }
-        Err(e) => Err(crate::aws::failure(&format!("delete log group {name}"), &e)),
+        Err(e) => Err(crate::aws::failure(&format!("delete log group {name}"), e)),
     }
 }
 

@@ -519,6 +519,7 @@ pub struct Loaded {
 pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| {
         Error::bad_input(format!("cannot read config {}: {e}", path.display()))
+            .because(e)
             .with_help("create one with `deployer init`, or pass --config PATH to an existing file")
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -1135,7 +1136,7 @@ mod tests {
             .map(std::string::ToString::to_string)
             .collect();
         let e = parse(text, Path::new("deployer.yaml"), &o).expect_err("invalid config");
-        assert_eq!(e.code, crate::error::ExitCode::BadInput);
+        assert_eq!(e.code(), crate::error::ExitCode::BadInput);
         e.to_string()
     }
 
@@ -1303,7 +1304,7 @@ mod tests {
             &[],
         )
         .expect_err("tab");
-        assert!(e.message.contains("line 3"), "{}", e.message);
+        assert!(e.message().contains("line 3"), "{}", e.message());
         assert!(e.help.as_deref().is_some_and(|h| h.contains("tab")), "{e}");
         let e = parse(
             "project: a\nproject: b\nservices: {}\n",
@@ -1320,9 +1321,9 @@ mod tests {
         std::fs::write(&f, b"project: demo\nservices: \xff\n").expect("write");
         let e = load(&f, &[]).expect_err("utf-8");
         assert!(
-            e.message.contains("invalid byte at offset 24 (line 2)"),
+            e.message().contains("invalid byte at offset 24 (line 2)"),
             "{}",
-            e.message
+            e.message()
         );
     }
 

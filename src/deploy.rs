@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-pub struct Ctx {
-    pub loaded: Loaded,
-    pub clients: Clients,
+pub struct Ctx<'a> {
+    pub loaded: &'a Loaded,
+    pub clients: &'a Clients,
     pub ui: Ui,
     pub wait: Wait,
     /// An interrupted rollout wait stops the deployment with a rollback (`--rollback-on-interrupt`).
@@ -314,7 +314,7 @@ async fn existing(
 }
 
 /// Everything `up` (or `redeploy`) does, in order; see the module comment.
-pub async fn up(ctx: &Ctx, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Result<UpReport> {
+pub async fn up(ctx: &Ctx<'_>, flags: &ImageFlags, out_dir: &Path, mode: Mode) -> Result<UpReport> {
     let c = &ctx.loaded.config;
     let (cl, ui) = (&ctx.clients, &ctx.ui);
     let identity = aws::identity(&cl.sts).await?;
@@ -399,7 +399,7 @@ struct Infra {
 /// Kept whole: the four stacks are joined in one place, so every failure among them is reported
 /// together.
 async fn infrastructure(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     flags: &ImageFlags,
     mode: Mode,
     identity: &Identity,
@@ -472,11 +472,7 @@ async fn infrastructure(
             .ok_or_else(|| Error::failure(format!("{} has no output {k}", cluster.name)))
     };
     let (exec_role, task_role) = (role("ExecutionRoleArn")?, role("TaskRoleArn")?);
-    let cluster_name = clu
-        .outputs
-        .get("ClusterName")
-        .cloned()
-        .unwrap_or_else(|| c.names().cluster());
+    let cluster_name = c.names().live_cluster(Some(&clu.outputs));
     let mut stacks = vec![registry_applied];
     stacks.extend(net);
     stacks.push(clu);
@@ -493,7 +489,7 @@ async fn infrastructure(
 
 /// Every service at once; every failure reported, not the first (each needs its own fix).
 async fn deploy_services(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     images: &[ImageReport],
     shared: &Shared<'_>,
     secret_outcomes: &[secrets::SecretOutcome],
@@ -538,9 +534,9 @@ async fn deploy_services(
 
 /// The checks `plan` and `up` share: local (files, rendered task definitions) and read-only
 /// AWS (prebuilt ECR images, an existing network); every problem reported at once, exit 2.
-async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
+async fn preflight(ctx: &Ctx<'_>, identity: &Identity) -> Result<()> {
     let c = &ctx.loaded.config;
-    let mut problems = crate::preflight::local(&ctx.loaded);
+    let mut problems = crate::preflight::local(ctx.loaded);
     let has_prefect = std::env::var("PREFECT_API_URL").is_ok_and(|u| !u.trim().is_empty());
     if c.services.values().any(|s| s.deployment.verify.is_some()) && !has_prefect {
         problems.push("services.*.deployment.verify: reads the flow runs from Prefect, but PREFECT_API_URL is not set in the deployer's environment (add PREFECT_API_KEY for Prefect Cloud)".into());
@@ -551,7 +547,7 @@ async fn preflight(ctx: &Ctx, identity: &Identity) -> Result<()> {
     );
     problems
         .extend(crate::preflight::existing_network(c, &ctx.clients.ec2, &ctx.clients.region).await);
-    crate::preflight::refuse(&ctx.loaded, &problems)
+    crate::preflight::refuse(ctx.loaded, &problems)
 }
 
 /// A service built from source needs the Docker engine: ask it before the first change
@@ -564,7 +560,7 @@ async fn engine_if_building(c: &Config) -> Result<()> {
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     match tokio::time::timeout(Duration::from_secs(5), image::build::connect()).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::failure(format!("{}; nothing was changed", e.message)).with_help(
+        Ok(Err(e)) => Err(Error::failure(format!("{}; nothing was changed", e.message())).with_help(
             e.help.unwrap_or_else(|| "start Docker or set DOCKER_HOST".into()),
         )),
         Err(_) => Err(Error::failure(format!(
@@ -588,7 +584,7 @@ struct Shared<'a> {
 /// Kept whole: it reads in the order a service deploys (render, revision, stack, forced tasks,
 /// rollout, verify), and its steps share the rollout deadline, log group and start time.
 async fn deploy_service(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     name: &str,
     image: &str,
     shared: &Shared<'_>,
@@ -634,10 +630,12 @@ async fn deploy_service(
     let mut since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
     let applied = match stacks::apply(&cl.cfn, &spec, rollout_wait, ui).await {
         Ok(a) => a,
-        Err(mut e) if e.code == crate::error::ExitCode::RolledBack => {
-            e.message
-                .push_str(&track::stopped_section(&cl.ecs, cluster, name, &arn, Some(logs)).await);
-            return Err(e);
+        Err(e) if e.code() == crate::error::ExitCode::RolledBack => {
+            let stopped = track::stopped_section(&cl.ecs, cluster, name, &arn, Some(logs)).await;
+            return Err(match stopped.strip_prefix("\n  ") {
+                Some(section) => e.with_note(section),
+                None => e,
+            });
         }
         Err(e) => return Err(e),
     };
@@ -695,7 +693,7 @@ async fn deploy_service(
 /// The live revision when it already is `desired`, else a newly registered one:
 /// (ARN, revision, registered).
 async fn ensure_revision(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     name: &str,
     desired: &taskdef::TaskDef,
 ) -> Result<(String, i32, bool)> {
@@ -731,7 +729,7 @@ async fn ensure_revision(
 /// New tasks without a new revision (UpdateService with forceNewDeployment): from when, and
 /// the deployment ECS started, to follow.
 async fn force_new_deployment(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     cluster: &str,
     name: &str,
 ) -> Result<(aws_smithy_types::DateTime, Option<String>)> {
@@ -746,7 +744,7 @@ async fn force_new_deployment(
         .force_new_deployment(true)
         .send()
         .await
-        .map_err(|e| aws::failure(&format!("force a new deployment of {name}"), &e))?;
+        .map_err(|e| aws::failure(&format!("force a new deployment of {name}"), e))?;
     let deployment_id = out.service().and_then(|s| {
         s.deployments()
             .iter()
@@ -761,7 +759,7 @@ async fn force_new_deployment(
 /// family:revision (task metadata endpoint, flows/src/identity.rs); on a bad verdict roll the
 /// service back to the previous revision when asked.
 async fn verify_on_ecs(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     name: &str,
     family: &str,
     revision: i32,
@@ -779,8 +777,8 @@ async fn verify_on_ecs(
         ctx.ui.step(format!("{name}: verify failed; rolling back"));
         let refs = service_refs(&ctx.loaded.config, &ctx.clients.cfn, Some(name)).await?;
         if let Some(r) = refs.first() {
-            let done = crate::rollout::rollback::rollback(&ctx.clients, r, None, ctx.wait, &ctx.ui)
-                .await?;
+            let done =
+                crate::rollout::rollback::rollback(ctx.clients, r, None, ctx.wait, &ctx.ui).await?;
             back = Some(crate::rollout::rollback::short(&done.to).to_string());
         }
     }
@@ -803,7 +801,7 @@ fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
             std::fs::write(dir.join("task-definition.json"), json + "\n")
         };
         write().map_err(|e| {
-            Error::failure(format!("write {}/task-definition.json: {e}", dir.display())).with_help(
+            Error::io(format!("write {}/task-definition.json", dir.display()), e).with_help(
                 "the deployment itself succeeded; pass --out-dir to a writable directory",
             )
         })?;
@@ -825,7 +823,7 @@ pub fn ignore_out_dir(out_dir: &Path) -> Result<()> {
             )
         })
         .map_err(|e| {
-            Error::failure(format!("cannot write {}: {e}", ignore.display())).with_help(
+            Error::io(format!("cannot write {}", ignore.display()), e).with_help(
                 "the deployment itself succeeded; pass --out-dir to a writable directory",
             )
         })
@@ -869,7 +867,7 @@ pub struct TaskDefPlan {
 }
 
 /// What `up` would do, without changing anything (change sets are created and deleted).
-pub async fn plan(ctx: &Ctx) -> Result<PlanReport> {
+pub async fn plan(ctx: &Ctx<'_>) -> Result<PlanReport> {
     let c = &ctx.loaded.config;
     let (cl, wait) = (&ctx.clients, ctx.wait);
     let identity = aws::identity(&cl.sts).await?;
@@ -943,7 +941,7 @@ struct LiveInfra<'a> {
 /// Kept whole: the task definition and stack plans depend on each other (a new revision is a
 /// change of the service).
 async fn plan_service(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     name: &str,
     identity: &Identity,
     infra: &LiveInfra<'_>,
@@ -1101,10 +1099,8 @@ pub async fn service_refs(
             )),
         );
     }
-    let cluster = stacks::describe(cfn, &c.names().stack(StackPart::Cluster))
-        .await?
-        .and_then(|l| l.outputs.get("ClusterName").cloned())
-        .unwrap_or_else(|| c.names().cluster());
+    let live = stacks::describe(cfn, &c.names().stack(StackPart::Cluster)).await?;
+    let cluster = c.names().live_cluster(live.as_ref().map(|l| &l.outputs));
     Ok(c.services
         .keys()
         .filter(|k| only.is_none_or(|o| o == k.as_str()))

@@ -128,12 +128,13 @@ pub async fn destroy(
         } else {
             report.remaining.join(", ")
         };
-        return Err(
-            Error::new(e.code, format!("{}\n  still present: {left}", e.message)).with_help(
-                e.help
-                    .unwrap_or_else(|| "fix the cause and run `deployer destroy` again".into()),
-            ),
-        );
+        let help = e
+            .help
+            .clone()
+            .unwrap_or_else(|| "fix the cause and run `deployer destroy` again".into());
+        return Err(e
+            .with_note(format!("still present: {left}"))
+            .with_help(help));
     }
     Ok(report)
 }
@@ -232,10 +233,8 @@ async fn delete_cluster(
     cluster_stack: String,
     report: &mut DestroyReport,
 ) -> Result<()> {
-    let cluster = stacks::describe(&cl.cfn, &cluster_stack)
-        .await?
-        .and_then(|l| l.outputs.get("ClusterName").cloned())
-        .unwrap_or_else(|| c.names().cluster());
+    let live = stacks::describe(&cl.cfn, &cluster_stack).await?;
+    let cluster = c.names().live_cluster(live.as_ref().map(|l| &l.outputs));
     let longest = c
         .services
         .values()
@@ -322,8 +321,7 @@ pub async fn wait_tasks_stopped(
             }
             Err(e) => {
                 return Err(crate::aws::failure(
-                    &format!("list the tasks of cluster {cluster}"),
-                    &e,
+                    &format!("list the tasks of cluster {cluster}"), e,
                 ));
             }
         };
@@ -371,15 +369,10 @@ pub async fn delete_network(
                 pause = (pause * 2).min(Duration::from_secs(120));
             }
             Err(e) if held_by_dependencies(&e) => {
-                return Err(Error::new(
-                    e.code,
-                    format!(
-                        "{}\n  the VPC was still held after {} s of retries",
-                        e.message,
-                        started.elapsed().as_secs()
-                    ),
-                )
-                .with_help("list what holds it: `aws ec2 describe-network-interfaces --filters Name=vpc-id,Values=<vpc>`; delete those, then run `deployer destroy` again"));
+                let held = started.elapsed().as_secs();
+                return Err(e
+                    .with_note(format!("the VPC was still held after {held} s of retries"))
+                    .with_help("list what holds it: `aws ec2 describe-network-interfaces --filters Name=vpc-id,Values=<vpc>`; delete those, then run `deployer destroy` again"));
             }
             Err(e) => return Err(e),
         }
@@ -388,7 +381,7 @@ pub async fn delete_network(
 
 /// CloudFormation's reason for a resource that could not go because something still uses it.
 fn held_by_dependencies(e: &Error) -> bool {
-    e.message.contains("DependencyViolation") || e.message.contains("has dependencies")
+    e.message().contains("DependencyViolation") || e.message().contains("has dependencies")
 }
 
 const TASK_POLL: Duration = Duration::from_secs(5);
@@ -415,8 +408,7 @@ async fn delete_images(ecr: &aws_sdk_ecr::Client, repository: &str, ui: &Ui) -> 
             }
             Err(e) => {
                 return Err(crate::aws::failure(
-                    &format!("list images of {repository}"),
-                    &e,
+                    &format!("list images of {repository}"), e,
                 ));
             }
         };
@@ -524,8 +516,8 @@ mod tests {
         let e = wait_tasks_stopped(&ecs, "c", Duration::from_millis(50), poll, &Ui::silent())
             .await
             .expect_err("a task that never stops");
-        assert_eq!(e.code, crate::error::ExitCode::Timeout);
-        assert!(e.message.contains("still runs 1 task(s)"), "{e}");
+        assert_eq!(e.code(), crate::error::ExitCode::Timeout);
+        assert!(e.message().contains("still runs 1 task(s)"), "{e}");
     }
 
     fn stack(status: StackStatus) -> DescribeStacksOutput {
@@ -620,12 +612,12 @@ mod tests {
             .await
             .expect_err("a partial failure is an error");
         assert!(
-            e.message
+            e.message()
                 .contains("1 image(s) of demo could not be deleted"),
             "{e}"
         );
         assert!(
-            e.message
+            e.message()
                 .contains("sha256:bb: ImageReferencedByManifestList referenced by an image index"),
             "{e}"
         );

@@ -236,23 +236,22 @@ pub async fn or_interrupted<T>(
 }
 
 fn interrupted(what: &str, left: &str) -> crate::error::Error {
-    crate::error::Error::new(
-        crate::error::ExitCode::Interrupted,
-        format!("interrupted during {what}: {left}"),
-    )
+    crate::error::Error::interrupted(format!("interrupted during {what}: {left}"))
 }
 
 /// The run's outcome once an interrupt arrived: any failure becomes exit 130 (the failure is
 /// what the cancel left: a refused call, an undone step), with the next action.
 pub fn settle(e: crate::error::Error) -> crate::error::Error {
     use crate::error::{Error, ExitCode};
-    if !requested() || e.code == ExitCode::Interrupted {
+    if !requested() || e.code() == ExitCode::Interrupted {
         return e;
     }
-    Error::new(ExitCode::Interrupted, format!("interrupted: {}", e.message)).with_help(
-        "nothing was changed after the interrupt; run `deployer status` to see what exists, \
+    Error::interrupted(format!("interrupted: {}", e.message()))
+        .because(e)
+        .with_help(
+            "nothing was changed after the interrupt; run `deployer status` to see what exists, \
          and `deployer up` again to converge",
-    )
+        )
 }
 
 #[cfg(test)]

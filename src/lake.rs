@@ -123,7 +123,7 @@ pub async fn create_bucket(
                 _ if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(true),
                 _ => Err(crate::aws::failure(
                     &format!("cannot check bucket {}", loc.bucket),
-                    &e,
+                    e,
                 )),
             }
         }
@@ -166,7 +166,7 @@ pub async fn count_objects(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<Opti
                 return Ok(None);
             }
             Err(e) => {
-                return Err(crate::aws::failure(&format!("list bucket {bucket}"), &e));
+                return Err(crate::aws::failure(&format!("list bucket {bucket}"), e));
             }
         };
         n += out.contents().len() as u64;

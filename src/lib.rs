@@ -9,6 +9,7 @@ extern crate self as deployer;
 pub mod aws;
 pub mod cli;
 pub mod cloudwatch;
+pub mod commands;
 pub mod config;
 pub mod deploy;
 pub mod destroy;

@@ -14,7 +14,7 @@
 //! [`Store`] is an enum so another target (the local Docker engine) can add a local-file
 //! variant with the same semantics.
 
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use crate::ui::Ui;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
@@ -120,7 +120,7 @@ impl Store {
             }
             Err(e) => Err(crate::aws::failure(
                 &format!("create the lock bucket {bucket} (s3:CreateBucket)"),
-                &e,
+                e,
             )),
         }
     }
@@ -145,15 +145,14 @@ impl Store {
             Err(e) => {
                 return Err(crate::aws::failure(
                     &format!("read the deploy lock {} (s3:GetObject)", self.name()),
-                    &e,
+                    e,
                 ));
             }
         };
         let version = Version(out.e_tag().unwrap_or_default().to_string());
-        let body =
-            out.body.collect().await.map_err(|e| {
-                Error::failure(format!("read the deploy lock {}: {e}", self.name()))
-            })?;
+        let body = out.body.collect().await.map_err(|e| {
+            Error::failure(format!("read the deploy lock {}: {e}", self.name())).because(e)
+        })?;
         // An unreadable lock object is still a lock: treat it as expired so it can be taken
         // over (with a warning) instead of blocking every deploy forever.
         let info = serde_json::from_slice(&body.into_bytes()).unwrap_or(LockInfo {
@@ -191,7 +190,7 @@ impl Store {
             Err(e) if precondition_failed(&e) => Ok(Write::Lost),
             Err(e) => Err(crate::aws::failure(
                 &format!("write the deploy lock {} (s3:PutObject)", self.name()),
-                &e,
+                e,
             )),
         }
     }
@@ -222,7 +221,7 @@ impl Store {
             }
             Err(e) => Err(crate::aws::failure(
                 &format!("release the deploy lock {} (s3:DeleteObject)", self.name()),
-                &e,
+                e,
             )),
         }
     }
@@ -375,7 +374,7 @@ impl Gate {
             tokio::select! {
                 _ = tokio::time::sleep(left.min(Duration::from_secs(2))) => {}
                 _ = crate::interrupt::cancelled() => {
-                    return Err(Error::new(ExitCode::Interrupted, "interrupted while waiting for the deploy lock: nothing was changed"));
+                    return Err(Error::interrupted("interrupted while waiting for the deploy lock: nothing was changed"));
                 }
             }
         }
@@ -451,9 +450,7 @@ async fn renew(store: Store, info: LockInfo, version: Arc<std::sync::Mutex<Versi
 }
 
 fn locked(theirs: &LockInfo, waited: Duration) -> Error {
-    Error::new(
-        ExitCode::Locked,
-        format!(
+    Error::locked(format!(
             "locked by {} since {} (`{}`; the lock expires at {} unless renewed)",
             theirs.owner,
             utc(theirs.started),
@@ -494,6 +491,7 @@ pub async fn release() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitCode;
 
     #[test]
     fn times_print_as_utc() {
@@ -507,9 +505,9 @@ mod tests {
         let l = LockInfo::new("ci run 7", "up", 100);
         assert_eq!(l.expires, 100 + TTL.as_secs());
         let e = locked(&l, Duration::ZERO);
-        assert_eq!(e.code, ExitCode::Locked);
+        assert_eq!(e.code(), ExitCode::Locked);
         assert!(
-            e.message
+            e.message()
                 .starts_with("locked by ci run 7 since 1970-01-01 00:01:40 UTC"),
             "{e}"
         );

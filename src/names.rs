@@ -8,6 +8,8 @@
 //! `ServiceName` parameters (`${Project}-Cluster`, `/ecs/${Project}/${ServiceName}`); the
 //! log group here must match theirs.
 
+use std::collections::BTreeMap;
+
 /// The names of one project.
 #[derive(Debug, Clone, Copy)]
 pub struct Names<'a> {
@@ -55,6 +57,14 @@ impl<'a> Names<'a> {
     /// The ECS cluster (templates/cluster.yaml names it after the project).
     pub fn cluster(&self) -> String {
         self.project.to_string()
+    }
+
+    /// The live cluster's name: the cluster stack's `ClusterName` output when the stack has
+    /// one (it is what ECS calls take), else [`Names::cluster`].
+    pub fn live_cluster(&self, outputs: Option<&BTreeMap<String, String>>) -> String {
+        outputs
+            .and_then(|o| o.get("ClusterName").cloned())
+            .unwrap_or_else(|| self.cluster())
     }
 
     /// The task-definition family of a service; also the service's name in the flow's

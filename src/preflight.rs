@@ -8,6 +8,7 @@
 use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
 use crate::rollout::taskdef;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// ECS's limit on a registered task definition (the JSON it is sent as).
@@ -255,51 +256,53 @@ pub async fn existing_network(c: &Config, ec2: &aws_sdk_ec2::Client, region: &st
         Ok(_) => {}
         Err(err) => p.push(cannot("VPC", crate::aws::describe(&err))),
     }
-    match ec2
+    // Each lookup as (id, its VPC) pairs, or the reason it could not be made.
+    type Found = Result<HashMap<String, Option<String>>, String>;
+    let pairs = |items: Vec<(Option<&str>, Option<&str>)>| {
+        items
+            .into_iter()
+            .filter_map(|(id, vpc)| Some((id?.to_string(), vpc.map(str::to_string))))
+            .collect()
+    };
+    let subnets: Found = ec2
         .describe_subnets()
         .filters(filter("subnet-id", &e.subnet_ids))
         .send()
         .await
-    {
-        Ok(out) => {
-            let found: std::collections::HashMap<&str, Option<&str>> = out
-                .subnets()
-                .iter()
-                .filter_map(|s| Some((s.subnet_id()?, s.vpc_id())))
-                .collect();
-            p.extend(belonging(
-                "subnet_ids",
-                "subnet",
-                &e.subnet_ids,
-                &found,
-                &e.vpc_id,
-                region,
-            ));
-        }
-        Err(err) => p.push(cannot("subnets", crate::aws::describe(&err))),
-    }
-    match ec2
+        .map(|out| {
+            pairs(
+                out.subnets()
+                    .iter()
+                    .map(|s| (s.subnet_id(), s.vpc_id()))
+                    .collect(),
+            )
+        })
+        .map_err(|err| crate::aws::describe(&err));
+    let groups: Found = ec2
         .describe_security_groups()
         .filters(filter("group-id", &e.security_group_ids))
         .send()
         .await
-    {
-        Ok(out) => {
-            let found: std::collections::HashMap<&str, Option<&str>> = out
-                .security_groups()
-                .iter()
-                .filter_map(|g| Some((g.group_id()?, g.vpc_id())))
-                .collect();
-            p.extend(belonging(
-                "security_group_ids",
-                "security group",
-                &e.security_group_ids,
-                &found,
-                &e.vpc_id,
-                region,
-            ));
+        .map(|out| {
+            let groups = out.security_groups().iter();
+            pairs(groups.map(|g| (g.group_id(), g.vpc_id())).collect())
+        })
+        .map_err(|err| crate::aws::describe(&err));
+    let lookups = [
+        ("subnet_ids", "subnet", "subnets", &e.subnet_ids, subnets),
+        (
+            "security_group_ids",
+            "security group",
+            "security groups",
+            &e.security_group_ids,
+            groups,
+        ),
+    ];
+    for (key, kind, plural, ids, found) in lookups {
+        match found {
+            Ok(found) => p.extend(belonging(key, kind, ids, &found, &e.vpc_id, region)),
+            Err(err) => p.push(cannot(plural, err)),
         }
-        Err(err) => p.push(cannot("security groups", crate::aws::describe(&err))),
     }
     p
 }
@@ -309,17 +312,17 @@ fn belonging(
     key: &str,
     kind: &str,
     ids: &[String],
-    found: &std::collections::HashMap<&str, Option<&str>>,
+    found: &HashMap<String, Option<String>>,
     vpc: &str,
     region: &str,
 ) -> Vec<String> {
     let mut p = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        match found.get(id.as_str()) {
+        match found.get(id).map(Option::as_deref) {
             None => p.push(format!(
                 "network.existing.{key}[{i}]: {kind} {id} does not exist in {region}"
             )),
-            Some(Some(v)) if *v != vpc => p.push(format!(
+            Some(Some(v)) if v != vpc => p.push(format!(
                 "network.existing.{key}[{i}]: {kind} {id} is in {v}, not in network.existing.vpc_id {vpc}; tasks can only use a {kind} of their own VPC"
             )),
             Some(_) => {}

@@ -104,7 +104,7 @@ async fn exists(ssm: &aws_sdk_ssm::Client, parameter: &str) -> Result<bool> {
         }
         Err(e) => Err(crate::aws::failure(
             &format!("read SSM parameter {parameter}"),
-            &e,
+            e,
         )),
     }
 }
@@ -136,7 +136,7 @@ pub async fn compare(ssm: &aws_sdk_ssm::Client, p: &Pending) -> Result<SecretAct
         }
         Err(e) => Err(crate::aws::failure(
             &format!("read SSM parameter {}", p.parameter),
-            &e,
+            e,
         )),
     }
 }

@@ -60,10 +60,8 @@ pub async fn status(c: &Config, cl: &crate::aws::Clients) -> Result<StatusReport
     let mut cluster_name = c.names().cluster();
     for (name, live) in lives {
         let live = live?;
-        if name == c.names().stack(StackPart::Cluster)
-            && let Some(n) = live.as_ref().and_then(|l| l.outputs.get("ClusterName"))
-        {
-            cluster_name = n.clone();
+        if name == c.names().stack(StackPart::Cluster) {
+            cluster_name = c.names().live_cluster(live.as_ref().map(|l| &l.outputs));
         }
         stacks_out.push(StackState {
             stack: name,

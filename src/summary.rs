@@ -519,9 +519,9 @@ impl Failure {
             command: command.into(),
             project: project.into(),
             target: target.into(),
-            verdict: e.code.into(),
-            exit_code: e.code as i32,
-            reason: e.message.clone(),
+            verdict: e.code().into(),
+            exit_code: e.code() as i32,
+            reason: e.message(),
             next: e.help.clone(),
             exists_now,
         }
@@ -574,8 +574,7 @@ mod failure_tests {
     use super::*;
 
     fn fixture() -> Failure {
-        let e = crate::error::Error::new(
-            crate::error::ExitCode::RolledBack,
+        let e = crate::error::Error::rolled_back(
             "web: the deployment was rolled back: ECS deployment circuit breaker: tasks failed to start.\n  last events:\n    (service web) has started 1 tasks\n  stopped tasks of this revision:\n    task aaa: Essential container in task exited; web exited 2\n      | error: unexpected argument '--bogus' found",
         )
         .with_help("check the container logs (/ecs/<project>/<service>) for why tasks stopped");

@@ -64,11 +64,8 @@ pub fn record(config_dir: &Path, project: &str, target: TargetKind) -> Result<()
         std::fs::write(&path, format!("{target}\n"))
     };
     write().map_err(|e| {
-        Error::failure(format!(
-            "cannot record the target in {}: {e}",
-            path.display()
-        ))
-        .with_help("make the config's folder writable")
+        Error::io(format!("cannot record the target in {}", path.display()), e)
+            .with_help("make the config's folder writable")
     })
 }
 
@@ -91,11 +88,11 @@ mod tests {
         record(dir.path(), "demo", TargetKind::Local).expect("record");
         assert!(guard(&loaded, TargetKind::Local).is_ok());
         let e = guard(&loaded, TargetKind::Aws).expect_err("other target");
-        assert_eq!(e.code, crate::error::ExitCode::BadInput);
+        assert_eq!(e.code(), crate::error::ExitCode::BadInput);
         assert!(
-            e.message.contains("deployed on the local target"),
+            e.message().contains("deployed on the local target"),
             "{}",
-            e.message
+            e.message()
         );
         clear(dir.path(), "demo");
         assert!(guard(&loaded, TargetKind::Aws).is_ok());

@@ -57,6 +57,13 @@ impl Ui {
         }
     }
 
+    /// Debug detail shown with `-vv` (e.g. the chain of an error's causes).
+    pub fn debug(&self, msg: impl Display) {
+        if self.verbosity >= 2 {
+            self.eprint(&msg.to_string());
+        }
+    }
+
     /// A warning: shown even with `-q`.
     pub fn warn(&self, msg: impl Display) {
         self.eprint(&format!("warning: {msg}"));

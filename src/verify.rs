@@ -9,7 +9,7 @@
 //! same values it stores as secrets); the key is held as a secret and never printed.
 
 use crate::config::Verify;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use crate::ui::Ui;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -46,7 +46,7 @@ impl Prefect {
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| Error::failure(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| Error::failure(format!("cannot build an HTTP client: {e}")).because(e))?;
         Ok(Self {
             http,
             base: parsed.as_str().trim_end_matches('/').to_string(),
@@ -210,20 +210,21 @@ pub fn error(
     for r in report.failed.iter().take(5) {
         msg.push_str(&format!("\n  {} {}: {}", r.name, r.state, r.message));
     }
-    let (code, help) = match (verdict, rolled_back_to) {
-        (Verdict::TimedOut, _) => (ExitCode::Timeout, "check that the flow reaches Prefect (PREFECT_API_URL) and tags its runs; raise deployment.verify.within if runs are slow".to_string()),
+    let (kind, help): (fn(String) -> Error, _) = match (verdict, rolled_back_to) {
+        (Verdict::TimedOut, _) => (Error::timeout, "check that the flow reaches Prefect (PREFECT_API_URL) and tags its runs; raise deployment.verify.within if runs are slow".to_string()),
         (_, Some(prev)) => {
             msg.push_str(&format!("\n  rolled back to revision {prev} (deployment.verify.rollback)"));
-            (ExitCode::RolledBack, "fix the flow (its failed runs are above), then deploy again".to_string())
+            (Error::rolled_back, "fix the flow (its failed runs are above), then deploy again".to_string())
         }
-        (_, None) => (ExitCode::Failure, "the new revision is still running; fix it and deploy again, or `deployer rollback` (set deployment.verify.rollback: true to roll back automatically)".to_string()),
+        (_, None) => (Error::failure, "the new revision is still running; fix it and deploy again, or `deployer rollback` (set deployment.verify.rollback: true to roll back automatically)".to_string()),
     };
-    Error::new(code, msg).with_help(help)
+    kind(msg).with_help(help)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitCode;
 
     #[test]
     fn tally_counts_completed_and_keeps_the_failures_messages() {
@@ -248,19 +249,19 @@ mod tests {
             rollback: true,
         };
         let e = error("svc", Verdict::Failed, &r, &v, Some("1"));
-        assert_eq!(e.code, ExitCode::RolledBack);
+        assert_eq!(e.code(), ExitCode::RolledBack);
         assert!(
-            e.message.contains("connection refused")
-                && e.message.contains("rolled back to revision 1"),
+            e.message().contains("connection refused")
+                && e.message().contains("rolled back to revision 1"),
             "{}",
-            e.message
+            e.message()
         );
         assert_eq!(
-            error("svc", Verdict::Failed, &r, &v, None).code,
+            error("svc", Verdict::Failed, &r, &v, None).code(),
             ExitCode::Failure
         );
         assert_eq!(
-            error("svc", Verdict::TimedOut, &r, &v, None).code,
+            error("svc", Verdict::TimedOut, &r, &v, None).code(),
             ExitCode::Timeout
         );
     }

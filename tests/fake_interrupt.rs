@@ -94,9 +94,9 @@ async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a
     .await
     .expect("Ctrl-C did not stop the step")
     .expect_err("an interrupted step must not report success");
-    assert_eq!(err.code, ExitCode::Interrupted);
+    assert_eq!(err.code(), ExitCode::Interrupted);
     assert_eq!(
-        err.message,
+        err.message(),
         "interrupted during the image build: nothing was deployed"
     );
 
@@ -125,13 +125,13 @@ async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a
     let err = stacks::apply(&cfn, &spec(), fast(), &Ui::silent())
         .await
         .expect_err("an interrupted create must not report success");
-    assert_eq!(err.code, ExitCode::Interrupted, "{err}");
+    assert_eq!(err.code(), ExitCode::Interrupted, "{err}");
     assert_eq!(
         delete.num_calls(),
         1,
         "the stack being created was not deleted"
     );
-    assert!(err.message.contains("deleted"), "{err}");
+    assert!(err.message().contains("deleted"), "{err}");
 
     // 2. Interrupted update: the update is cancelled (not the stack deleted) and the state
     //    it left is named.
@@ -161,11 +161,11 @@ async fn fake_ctrl_c_deletes_a_stack_being_created_cancels_an_update_and_stops_a
     let err = stacks::apply(&cfn, &spec(), fast(), &Ui::silent())
         .await
         .expect_err("an interrupted update must not report success");
-    assert_eq!(err.code, ExitCode::Interrupted, "{err}");
+    assert_eq!(err.code(), ExitCode::Interrupted, "{err}");
     assert_eq!(cancel.num_calls(), 1, "the update was not cancelled");
     assert_eq!(no_delete.num_calls(), 0, "an existing stack was deleted");
     assert!(
-        err.message
+        err.message()
             .contains("update cancelled; stack is UPDATE_ROLLBACK_COMPLETE"),
         "{err}"
     );

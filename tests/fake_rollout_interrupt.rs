@@ -69,7 +69,7 @@ async fn fake_interrupted_rollout_is_rolled_back_when_asked_and_left_running_oth
             .await
             .expect_err("an interrupted rollout is not a success");
         let _ = cancel.await;
-        assert_eq!(e.code, ExitCode::Interrupted, "{e}");
+        assert_eq!(e.code(), ExitCode::Interrupted, "{e}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "the cancel took {:?} (CI sends SIGTERM 7.5 s after SIGINT)",
@@ -81,9 +81,9 @@ async fn fake_interrupted_rollout_is_rolled_back_when_asked_and_left_running_oth
                 1,
                 "the deployment was not stopped with a rollback"
             );
-            assert!(e.message.contains("being rolled back by ECS"), "{e}");
+            assert!(e.message().contains("being rolled back by ECS"), "{e}");
             assert!(
-                e.message.contains("describe-service-deployments"),
+                e.message().contains("describe-service-deployments"),
                 "how to watch it: {e}"
             );
         } else {
@@ -92,7 +92,7 @@ async fn fake_interrupted_rollout_is_rolled_back_when_asked_and_left_running_oth
                 0,
                 "the deployment was stopped although not asked"
             );
-            assert!(e.message.contains("goes on in ECS"), "{e}");
+            assert!(e.message().contains("goes on in ECS"), "{e}");
         }
     }
 }

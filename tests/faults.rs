@@ -301,6 +301,49 @@ fn persistent_failures_at_sts_get_the_help_that_matches_the_cause() {
     assert!(!stderr.contains("configure credentials"), "{stderr}");
 }
 
+/// An AWS error reads as one line (`what: code: message (request id)`); the SDK error it
+/// wraps is kept as its source and printed as Rust sees it only at `-vv`.
+#[test]
+fn an_aws_error_is_one_line_and_its_cause_chain_shows_only_at_vv() {
+    let dir = project(&unique("chain"), 1);
+    let proxy = FaultProxy::start(&moto_url(), |op, _| {
+        if op == "GetCallerIdentity" {
+            Fault::Deny("AccessDenied")
+        } else {
+            Fault::Pass
+        }
+    });
+    let (code_vv, _, vv) = text(
+        &deployer_command(dir.path(), &["up", "-vv"], &proxy.url())
+            .output()
+            .expect("run"),
+    );
+    let (code_plain_up, _, plain_up) = text(
+        &deployer_command(dir.path(), &["up"], &proxy.url())
+            .output()
+            .expect("run"),
+    );
+    assert_eq!((code_vv, code_plain_up), (1, 1), "{vv}\n{plain_up}");
+    let line = plain_up
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {plain_up}"));
+    assert!(
+        line.contains("sts:GetCallerIdentity") && line.contains("AccessDenied"),
+        "{line}"
+    );
+    for dump in ["caused by", "ServiceError {", "raw: Response"] {
+        assert!(
+            !plain_up.contains(dump),
+            "a debug dump without -vv: {plain_up}"
+        );
+    }
+    assert!(
+        vv.contains("  caused by: ServiceError"),
+        "-vv names the SDK error: {vv}"
+    );
+}
+
 fn revisions(project: &str, service: &str) -> usize {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

@@ -6,14 +6,15 @@ use deployer::config::parse;
 use deployer::names::{StackPart, insights_log_group, lock_bucket};
 use std::path::Path;
 
+fn fixture(yaml: &str) -> deployer::config::Config {
+    parse(yaml, Path::new("deployer.yaml"), &[]).expect("fixture config")
+}
+
 #[test]
 fn every_derived_name_is_pinned() {
-    let c = parse(
+    let c = fixture(
         "project: demo\nservices:\n  flow:\n    image: i\n    secrets: [PRICE_API_KEY]\n  web:\n    image: i\n",
-        Path::new("deployer.yaml"),
-        &[],
-    )
-    .expect("fixture config");
+    );
     let n = c.names();
     let mut lines = vec![
         format!("repository: {}", n.repository()),
@@ -46,4 +47,17 @@ fn every_derived_name_is_pinned() {
         format!("insights log group: {}", insights_log_group(&n.cluster())),
     ]);
     insta::assert_snapshot!(lines.join("\n"));
+}
+
+/// The cluster the ECS calls use: the cluster stack's `ClusterName` output when it has one
+/// (a stack made by an older template may name it otherwise), else the derived name.
+#[test]
+fn the_live_cluster_is_the_stacks_output_else_the_derived_name() {
+    let c = fixture("project: demo\nservices:\n  flow:\n    image: i\n");
+    let n = c.names();
+    let mut outputs = std::collections::BTreeMap::new();
+    assert_eq!(n.live_cluster(None), "demo");
+    assert_eq!(n.live_cluster(Some(&outputs)), "demo");
+    outputs.insert("ClusterName".to_string(), "demo-renamed".to_string());
+    assert_eq!(n.live_cluster(Some(&outputs)), "demo-renamed");
 }

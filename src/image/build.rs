@@ -24,7 +24,7 @@ pub async fn connect() -> Result<Docker> {
     let host =
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     let unreachable = |e: bollard::errors::Error| {
-        Error::failure(format!("cannot reach the Docker engine at {host}: {e}"))
+        Error::docker(format!("cannot reach the Docker engine at {host}"), e)
             .with_help("start Docker (`docker info` must work) or set DOCKER_HOST")
     };
     let docker = Docker::connect_with_defaults().map_err(unreachable)?;
@@ -130,10 +130,8 @@ pub async fn build_image(docker: &Docker, req: BuildRequest<'_>, ui: &Ui) -> Res
         Ok(Ok(stats)) => Some(stats),
         Ok(Err(e)) => {
             spinner.finish("build failed");
-            return Err(
-                Error::failure(format!("cannot read the build context: {e}"))
-                    .with_help("check file permissions in the build context"),
-            );
+            return Err(Error::io("cannot read the build context", e)
+                .with_help("check file permissions in the build context"));
         }
         // The body was dropped early (build failed before reading the whole context).
         Err(_) => None,

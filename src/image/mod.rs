@@ -499,8 +499,8 @@ pub async fn context_sha256(context: &BuildContext) -> Result<String> {
     let ctx = context.clone();
     let stats = tokio::task::spawn_blocking(move || ctx.write_tar(std::io::sink()))
         .await
-        .map_err(|e| Error::failure(format!("hashing the build context: {e}")))?
-        .map_err(|e| Error::failure(format!("cannot read the build context: {e}")))?;
+        .map_err(|e| Error::failure(format!("hashing the build context: {e}")).because(e))?
+        .map_err(|e| Error::io("cannot read the build context", e))?;
     Ok(stats.sha256)
 }
 
@@ -581,7 +581,7 @@ async fn prebuild(
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| Error::failure(format!("cannot run the prebuild command `{command}`: {e}")))?;
+        .map_err(|e| Error::io(format!("cannot run the prebuild command `{command}`"), e))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

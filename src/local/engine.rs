@@ -114,7 +114,7 @@ impl Engine {
 
     fn fail(&self, what: String) -> impl FnOnce(bollard::errors::Error) -> Error {
         let host = self.host.clone();
-        move |e| Error::failure(format!("Docker engine ({host}): {what}: {e}"))
+        move |e| Error::docker(format!("Docker engine ({host}): {what}"), e)
     }
 
     /// Every container of the project (optionally one service), running or not.

@@ -2,7 +2,7 @@
 //! container; with `--follow` the streams of every container are merged as lines arrive.
 
 use super::engine::Engine;
-use crate::cli::LogsArgs;
+use crate::cli::Logs as LogsArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ui::Ui;
@@ -52,7 +52,7 @@ pub async fn print(c: &Config, args: &LogsArgs, ui: &Ui) -> Result<u64> {
         };
         let Some((name, chunk)) = next else { break };
         let chunk = chunk
-            .map_err(|e| Error::failure(format!("reading the logs of {}: {e}", name.trim_end())))?;
+            .map_err(|e| Error::docker(format!("reading the logs of {}", name.trim_end()), e))?;
         // A chunk may end mid-line: keep the rest until the next chunk of that container.
         let buf = partial.entry(name.clone()).or_default();
         buf.push_str(&chunk.to_string());

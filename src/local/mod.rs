@@ -124,10 +124,10 @@ fn lake_dir(loaded: &Loaded, create: bool) -> Result<Option<PathBuf>> {
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)))
             .map_err(|e| {
-                Error::failure(format!(
-                    "cannot create the data lake folder {}: {e}",
-                    dir.display()
-                ))
+                Error::io(
+                    format!("cannot create the data lake folder {}", dir.display()),
+                    e,
+                )
                 .with_help("set local.lake_dir to a writable folder")
             })?;
     }
@@ -618,10 +618,9 @@ fn write_artifacts(out_dir: &Path, services: &[ServiceReport]) -> Result<()> {
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::write(dir.join("container-spec.json"), json + "\n"))
             .map_err(|e| {
-                Error::failure(format!("write {}/container-spec.json: {e}", dir.display()))
-                    .with_help(
-                        "the deployment itself succeeded; pass --out-dir to a writable directory",
-                    )
+                Error::io(format!("write {}/container-spec.json", dir.display()), e).with_help(
+                    "the deployment itself succeeded; pass --out-dir to a writable directory",
+                )
             })?;
     }
     crate::deploy::ignore_out_dir(out_dir)
@@ -817,7 +816,7 @@ impl Local<'_> {
         crate::target::clear(&self.loaded.dir, &c.project);
         if let Some(d) = &drop_lake {
             std::fs::remove_dir_all(d).map_err(|e| {
-                Error::failure(format!("cannot delete the data lake folder {}: {e}", d.display()))
+                Error::io(format!("cannot delete the data lake folder {}", d.display()), e)
                     .with_help("its files may belong to the container's user: delete them with the same rights")
             })?;
         }

@@ -16,7 +16,7 @@
 use super::engine::{Engine, Instance};
 use super::spec::ContainerSpec;
 use super::state::Revision;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::ui::Ui;
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
@@ -493,20 +493,17 @@ impl Tracker<'_> {
                 r.service, r.target.number, r.timeout.as_secs()
             ))
             .with_help("see the failed starts above and `deployer logs`; raise deployment.rollout_timeout if the service needs longer to become healthy"),
-            Undo::Interrupt => Error::new(
-                ExitCode::Interrupted,
-                format!("interrupted during the roll of {}: the new containers were removed", r.service),
-            )
+            Undo::Interrupt => Error::interrupted(format!(
+                "interrupted during the roll of {}: the new containers were removed",
+                r.service
+            ))
             .with_help("run `deployer up` again to roll forward"),
             Undo::Engine(e) => e,
         };
         if let Err(undo_err) = result {
-            e.message
-                .push_str(&format!("\n  the undo did not finish: {undo_err}"));
+            e = e.with_note(format!("the undo did not finish: {undo_err}"));
         }
-        e.message
-            .push_str(&format!("\n  running now: {now_running}"));
-        e
+        e.with_note(format!("running now: {now_running}"))
     }
 
     /// Start containers of the previous revision up to the desired count (those stopped by
@@ -578,14 +575,13 @@ impl Tracker<'_> {
             ),
         };
         msg.push_str(&failed_starts_text(&self.report.failed_starts));
-        let code = if r.previous.is_some_and(|p| p.hash != r.target.hash) {
-            ExitCode::RolledBack
+        let rolled_back = r.previous.is_some_and(|p| p.hash != r.target.hash);
+        let e = if rolled_back {
+            Error::rolled_back(msg)
         } else {
-            ExitCode::Failure
+            Error::failure(msg)
         };
-        Error::new(code, msg).with_help(
-            "fix the service (its exit codes and logs are above), then `deployer up` again",
-        )
+        e.with_help("fix the service (its exit codes and logs are above), then `deployer up` again")
     }
 }
 

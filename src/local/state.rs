@@ -11,7 +11,7 @@
 //! state file is the memory of what ran before. The folder ignores itself for git.
 
 use super::spec::ContainerSpec;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
@@ -258,11 +258,8 @@ fn locked(holder: &str, waited: Duration) -> Error {
     } else {
         format!(" (waited {} s)", waited.as_secs())
     };
-    Error::new(
-        ExitCode::Locked,
-        format!("locked by {who}{waited}; nothing was changed"),
-    )
-    .with_help("wait for it to finish, or pass --wait-for-lock SECONDS")
+    Error::locked(format!("locked by {who}{waited}; nothing was changed"))
+        .with_help("wait for it to finish, or pass --wait-for-lock SECONDS")
 }
 
 /// A held deploy lock; released when dropped (or when the process ends).
@@ -275,6 +272,7 @@ pub struct LocalLock {
 mod tests {
     use super::*;
     use crate::config::LocalNetwork;
+    use crate::error::ExitCode;
 
     fn spec(image: &str) -> ContainerSpec {
         ContainerSpec {
@@ -320,8 +318,8 @@ mod tests {
             .lock("destroy", Duration::from_millis(300))
             .await
             .expect_err("second lock");
-        assert_eq!(e.code, ExitCode::Locked);
-        assert!(e.message.contains("`deployer up`"), "{}", e.message);
+        assert_eq!(e.code(), ExitCode::Locked);
+        assert!(e.message().contains("`deployer up`"), "{}", e.message());
         drop(held);
         state
             .lock("destroy", Duration::ZERO)

@@ -205,7 +205,7 @@ pub async fn latest(ecs: &aws_sdk_ecs::Client, family: &str) -> Result<Option<Li
             }
             return Err(crate::aws::failure(
                 &format!("describe task definition {family}"),
-                &e,
+                e,
             ));
         }
     };

@@ -8,7 +8,7 @@
 
 use crate::aws::Context;
 use crate::aws::describe as describe_err;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use crate::stacks::Wait;
 use crate::ui::Ui;
 use serde::Serialize;
@@ -49,8 +49,7 @@ pub async fn describe(
         }
         Err(e) => {
             return Err(crate::aws::failure(
-                &format!("describe service {service}"),
-                &e,
+                &format!("describe service {service}"), e,
             ));
         }
     };
@@ -313,7 +312,7 @@ async fn service_deployments(
         Err(e) if unimplemented(&e) => Ok(None),
         Err(e) => Err(crate::aws::failure(
             &format!("list service deployments of {}", f.service),
-            &e,
+            e,
         )),
     }
 }
@@ -355,10 +354,9 @@ pub async fn wait_deployed(
             Seen::RolledBack(reason) => {
                 sp.finish(format!("{service}: rolled back"));
                 let why = diagnosis(ecs, f, &[]).await;
-                return Err(Error::new(
-                    ExitCode::RolledBack,
-                    format!("{service}: the deployment was rolled back: {reason}{why}"),
-                )
+                return Err(Error::rolled_back(format!(
+                    "{service}: the deployment was rolled back: {reason}{why}"
+                ))
                 .with_help(
                     "check the container logs (/ecs/<project>/<service>) for why tasks stopped",
                 ));
@@ -459,10 +457,9 @@ async fn interrupted(
         (true, None) => "no deployment of ours was found to roll back; anything started goes on in ECS".into(),
         (false, _) => "the deployment goes on in ECS (the circuit breaker rolls it back if it fails); watch it with `deployer status`".into(),
     };
-    Error::new(
-        ExitCode::Interrupted,
-        format!("interrupted during the rollout of {service}: {left}"),
-    )
+    Error::interrupted(format!(
+        "interrupted during the rollout of {service}: {left}"
+    ))
 }
 
 /// Without the service-deployment API (emulators): follow our deployment in the service's
@@ -547,6 +544,7 @@ mod tests {
     //! Scripted SDK fakes: moto never fails or rolls back an ECS deployment, and does not
     //! implement the service-deployment API.
     use super::*;
+    use crate::error::ExitCode;
     use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
     use aws_sdk_ecs::operation::list_service_deployments::ListServiceDeploymentsOutput;
     use aws_sdk_ecs::types::{
@@ -694,16 +692,16 @@ mod tests {
         let e = wait_deployed(&ecs, &follow("td:3"), fast(), &Ui::silent())
             .await
             .unwrap_err();
-        assert_eq!(e.code, ExitCode::RolledBack);
-        assert!(e.message.contains("circuit breaker"), "{e}");
-        assert!(e.message.contains("has started 1 tasks"), "{e}");
+        assert_eq!(e.code(), ExitCode::RolledBack);
+        assert!(e.message().contains("circuit breaker"), "{e}");
+        assert!(e.message().contains("has started 1 tasks"), "{e}");
         // Why the new revision's tasks stopped, and only those.
         assert!(
-            e.message
+            e.message()
                 .contains("task aaa: Essential container in task exited; web exited 101"),
             "{e}"
         );
-        assert!(!e.message.contains("task bbb"), "{e}");
+        assert!(!e.message().contains("task bbb"), "{e}");
     }
 
     #[tokio::test]
@@ -721,7 +719,7 @@ mod tests {
         let e = wait_deployed(&ecs, &follow("td:4"), fast(), &Ui::silent())
             .await
             .unwrap_err();
-        assert_eq!(e.code, ExitCode::RolledBack);
+        assert_eq!(e.code(), ExitCode::RolledBack);
     }
 
     #[tokio::test]
@@ -746,7 +744,7 @@ mod tests {
         let e = wait_deployed(&ecs, &follow("td:5"), wait, &Ui::silent())
             .await
             .unwrap_err();
-        assert_eq!(e.code, ExitCode::Timeout);
+        assert_eq!(e.code(), ExitCode::Timeout);
     }
 
     fn brief(n: i64, status: S, reason: &str) -> ServiceDeploymentBrief {
@@ -858,7 +856,7 @@ mod tests {
                 let got = wait_deployed(&ecs, &f, wait, &Ui::silent())
                     .await
                     .map(|_| ExitCode::Success)
-                    .unwrap_or_else(|e| e.code);
+                    .unwrap_or_else(|e| e.code());
                 let want = match (kind, outcome) {
                     (Replaced | Stopped, _) => ExitCode::Failure,
                     (_, Completed) => ExitCode::Success,

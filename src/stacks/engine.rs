@@ -3,7 +3,7 @@
 use super::{StackSpec, templates};
 use crate::aws::Context;
 use crate::aws::{self, describe as describe_err, message};
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, Result};
 use crate::retry::{self, Blips};
 use crate::ui::{Spinner, Ui};
 use crate::{interrupt, lock};
@@ -180,7 +180,7 @@ async fn describe_with(
     let out = match sent {
         Ok(o) => o,
         Err(e) if is_missing(&e) => return Ok(None),
-        Err(e) => return Err(aws::failure(&format!("describe stack {name}"), &e)),
+        Err(e) => return Err(aws::failure(&format!("describe stack {name}"), e)),
     };
     let Some(s) = out.stacks().first() else {
         return Ok(None);
@@ -364,7 +364,7 @@ async fn create_change_set(
         if message(&e).is_some_and(|m| is_empty_change_set_reason(&m)) {
             return Ok(None);
         }
-        let err = aws::failure(&format!("create change set for {}", spec.name), &e);
+        let err = aws::failure(&format!("create change set for {}", spec.name), e);
         return Err(match err.help {
             Some(_) => err,
             None => err
@@ -387,7 +387,7 @@ async fn create_change_set(
             |_, _| {},
         )
         .await
-        .map_err(|e| aws::failure(&format!("describe change set for {}", spec.name), &e))?;
+        .map_err(|e| aws::failure(&format!("describe change set for {}", spec.name), e))?;
         match d.status() {
             Some(ChangeSetStatus::CreateComplete) => {
                 let changes = d
@@ -633,15 +633,13 @@ async fn execute_changes(
         let cause = first_failure(cfn, &spec.name, since).await;
         // An update CloudFormation rolled back (e.g. the ECS circuit breaker fired while the
         // service stabilised) left the previous state running: "rolled back", not "failed".
-        let code = if status == StackStatus::UpdateRollbackComplete {
-            ExitCode::RolledBack
+        let message = format!("{} ended in {status}{cause}", spec.name);
+        let e = if status == StackStatus::UpdateRollbackComplete {
+            Error::rolled_back(message)
         } else {
-            ExitCode::Failure
+            Error::failure(message)
         };
-        return Err(
-            Error::new(code, format!("{} ended in {status}{cause}", spec.name))
-                .with_help("fix the cause above and run `deployer up` again"),
-        );
+        return Err(e.with_help("fix the cause above and run `deployer up` again"));
     }
     sp.finish(format!(
         "{}: {}",
@@ -706,7 +704,7 @@ async fn execute(cfn: &Client, stack: &str, change_set: &str, sp: &Spinner) -> R
             return Ok(());
         }
     }
-    Err(aws::failure(&format!("execute change set for {stack}"), &e))
+    Err(aws::failure(&format!("execute change set for {stack}"), e))
 }
 
 /// Interrupted before executing a change set: nothing changed yet. A create's change set left
@@ -730,11 +728,8 @@ async fn abandon(cfn: &Client, stack: &str, change_set: &str, creating: bool) ->
     let left = tokio::time::timeout(UNDO_WAIT, left)
         .await
         .unwrap_or_else(|_| "not changed (the prepared change set is left; it is harmless)".into());
-    Error::new(
-        ExitCode::Interrupted,
-        format!("interrupted: {stack}: {left}"),
-    )
-    .with_help("run `deployer up` again to converge")
+    Error::interrupted(format!("interrupted: {stack}: {left}"))
+        .with_help("run `deployer up` again to converge")
 }
 
 /// Delete a stack and wait until it is gone. A stack that does not exist is success.
@@ -751,7 +746,7 @@ pub async fn delete(cfn: &Client, name: &str, wait: Wait, ui: &Ui) -> Result<()>
         // moto deletes synchronously and can report a resource's failure while the stack is
         // gone anyway; the goal (no stack) is what counts, so check before failing.
         if describe(cfn, name).await?.is_some() {
-            return Err(crate::aws::failure(&format!("delete stack {name}"), &e));
+            return Err(crate::aws::failure(&format!("delete stack {name}"), e));
         }
         ui.warn(format!(
             "{name}: deleted, but CloudFormation reported: {}",
@@ -865,11 +860,8 @@ async fn cancel(cfn: &Client, name: &str, op: Op, sp: &Spinner) -> Error {
             UNDO_WAIT.as_secs() + 1
         ),
     };
-    Error::new(
-        ExitCode::Interrupted,
-        format!("interrupted: {name}: {left}"),
-    )
-    .with_help("run `deployer status` to see what exists, and `deployer up` again to converge")
+    Error::interrupted(format!("interrupted: {name}: {left}"))
+        .with_help("run `deployer status` to see what exists, and `deployer up` again to converge")
 }
 
 /// The documented undo of one operation (the only mutating calls allowed after an interrupt).
@@ -1022,6 +1014,7 @@ mod fakes {
     //! per-resource events, a failed create ending in ROLLBACK_COMPLETE and its recovery,
     //! the network stack's deletion, deadlines.
     use super::*;
+    use crate::error::ExitCode;
     use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
     use aws_sdk_cloudformation::operation::delete_change_set::DeleteChangeSetOutput;
     use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
@@ -1210,16 +1203,16 @@ mod fakes {
         let err = apply(&cfn, &spec(), fast(), &Ui::silent())
             .await
             .unwrap_err();
-        assert_eq!(err.code, ExitCode::Failure);
-        assert!(err.message.contains("ROLLBACK_COMPLETE"), "{err}");
+        assert_eq!(err.code(), ExitCode::Failure);
+        assert!(err.message().contains("ROLLBACK_COMPLETE"), "{err}");
         assert!(
-            err.message.contains(
+            err.message().contains(
                 "SubnetA (AWS::EC2::Subnet) CREATE_FAILED: The CIDR '10.1.0.0/24' is invalid"
             ),
             "{err}"
         );
         assert!(
-            !err.message.contains("cancelled"),
+            !err.message().contains("cancelled"),
             "the first failure is the cause: {err}"
         );
     }
@@ -1253,10 +1246,10 @@ mod fakes {
         let err = apply(&cfn, &spec(), fast(), &Ui::silent())
             .await
             .unwrap_err();
-        assert_eq!(err.code, ExitCode::RolledBack, "{err}");
-        assert!(err.message.contains("UPDATE_ROLLBACK_COMPLETE"), "{err}");
+        assert_eq!(err.code(), ExitCode::RolledBack, "{err}");
+        assert!(err.message().contains("UPDATE_ROLLBACK_COMPLETE"), "{err}");
         assert!(
-            err.message.contains("Circuit Breaker was triggered"),
+            err.message().contains("Circuit Breaker was triggered"),
             "{err}"
         );
     }
@@ -1337,10 +1330,11 @@ mod fakes {
         );
         let err = delete(&cfn, NAME, fast(), &Ui::silent()).await.unwrap_err();
         assert!(
-            err.message.contains("DELETE_FAILED") && err.message.contains("Vpc (AWS::EC2::VPC)"),
+            err.message().contains("DELETE_FAILED")
+                && err.message().contains("Vpc (AWS::EC2::VPC)"),
             "{err}"
         );
-        assert!(err.message.contains("has dependencies"), "{err}");
+        assert!(err.message().contains("has dependencies"), "{err}");
     }
 
     #[tokio::test]
@@ -1363,8 +1357,8 @@ mod fakes {
             ..fast()
         };
         let err = apply(&cfn, &spec(), wait, &Ui::silent()).await.unwrap_err();
-        assert_eq!(err.code, ExitCode::Timeout);
-        assert!(err.message.contains("CREATE_IN_PROGRESS"), "{err}");
+        assert_eq!(err.code(), ExitCode::Timeout);
+        assert!(err.message().contains("CREATE_IN_PROGRESS"), "{err}");
     }
 
     #[tokio::test]
