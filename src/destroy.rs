@@ -5,10 +5,10 @@
 use crate::aws::Clients;
 use crate::aws::Context;
 use crate::config::Config;
-use crate::deploy::network_spec;
 use crate::error::{Error, Result};
 use crate::names::StackPart;
 use crate::secrets;
+use crate::stacks::specs::network_spec;
 use crate::stacks::{self, Wait};
 use crate::status::stack_names;
 use crate::ui::Ui;

@@ -1,11 +1,11 @@
 //! `status`: stacks and their states, per service desired/running, revision and image.
 
 use crate::config::Config;
-use crate::deploy::network_spec;
 use crate::error::Result;
 use crate::names::StackPart;
 use crate::rollout::{taskdef, track};
 use crate::stacks;
+use crate::stacks::specs::network_spec;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

@@ -2,6 +2,7 @@
 //! planning through change sets, applying with streamed events, and deletion.
 
 mod engine;
+pub mod specs;
 pub mod templates;
 
 pub use aws_sdk_cloudformation::types::StackStatus;
