@@ -46,6 +46,21 @@ fn every_derived_name_is_pinned() {
         ),
         format!("insights log group: {}", insights_log_group(&n.cluster())),
     ]);
+    // Pinned before the data lake's names and the local labels moved into src/names.rs.
+    let lake =
+        fixture("project: demo\ndata_lake:\n  create: true\nservices:\n  flow:\n    image: i\n");
+    let at = deployer::lake::location(&lake, "123456789012", "eu-west-1").expect("a lake");
+    use deployer::local::spec::{
+        LABEL_IMAGE_OF, LABEL_PROJECT, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
+    };
+    lines.extend([
+        format!("data lake bucket: {}", at.bucket),
+        format!("glue database: {}", deployer::lake::database_name("demo")),
+        format!("glue database of my-app: {}", deployer::lake::database_name("my-app")),
+        format!(
+            "local labels: {LABEL_PROJECT} {LABEL_SERVICE} {LABEL_REVISION} {LABEL_SPEC} {LABEL_IMAGE_OF}"
+        ),
+    ]);
     insta::assert_snapshot!(lines.join("\n"));
 }
 
