@@ -248,7 +248,7 @@ impl DataLake {
     pub fn bucket_name(&self, project: &str, account: &str, region: &str) -> String {
         self.bucket
             .clone()
-            .unwrap_or_else(|| format!("{project}-data-{account}-{region}"))
+            .unwrap_or_else(|| crate::names::Names::new(project).data_bucket(account, region))
     }
 
     /// The symbol partition's values (see `symbols`).

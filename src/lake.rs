@@ -37,11 +37,6 @@ pub fn location(c: &Config, account: &str, region: &str) -> Option<Location> {
     })
 }
 
-/// Glue names allow lowercase letters, digits and `_`.
-pub fn database_name(project: &str) -> String {
-    project.replace('-', "_")
-}
-
 /// The table name, from flows/schema.json (the one source of the lake's columns).
 pub fn table_name() -> String {
     serde_json::from_str::<serde_json::Value>(SCHEMA)
@@ -62,7 +57,7 @@ pub fn data_spec(c: &Config, loc: &Location, create_bucket: bool) -> Option<Stac
         ("BucketName", loc.bucket.clone()),
         ("CreateBucket", create_bucket.to_string()),
         ("Prefix", loc.prefix.clone()),
-        ("DatabaseName", database_name(&c.project)),
+        ("DatabaseName", c.names().glue_database()),
         ("TableName", table_name()),
         ("Symbols", lake.symbol_values(&c.services).join(",")),
         (

@@ -1,7 +1,7 @@
 //! Every name the deployer derives from the project and service names, in one place: the
 //! stacks, the service-stack prefix, the repository, the cluster, task-definition families,
-//! log groups, SSM parameter paths, the deploy lock's object and the local target's network
-//! and containers. These are live names: one that changes orphans what earlier deployments
+//! log groups, SSM parameter paths, the deploy lock's object, the data lake's default bucket
+//! and Glue database, and the local target's network, containers and labels. These are live names: one that changes orphans what earlier deployments
 //! made, so tests/names.rs pins them all in a snapshot.
 //!
 //! The templates derive their export names and log group from the same `Project` and
@@ -98,6 +98,16 @@ impl<'a> Names<'a> {
         format!("{}.json", self.project)
     }
 
+    /// The data lake's bucket when the deployer makes it and the config names none.
+    pub fn data_bucket(&self, account: &str, region: &str) -> String {
+        format!("{}-data-{account}-{region}", self.project)
+    }
+
+    /// The lake's Glue database: Glue names allow lowercase letters, digits and `_`.
+    pub fn glue_database(&self) -> String {
+        self.project.replace('-', "_")
+    }
+
     /// The local target's bridge network.
     pub fn local_network(&self) -> String {
         format!("deployer-{}", self.project)
@@ -109,6 +119,18 @@ impl<'a> Names<'a> {
         format!("{}-{service}-{revision}-{slot}", self.project)
     }
 }
+
+/// Labels on everything the local target makes. Nothing without them is listed, touched or
+/// deleted.
+pub const LABEL_PROJECT: &str = "dev.deployer.project";
+pub const LABEL_SERVICE: &str = "dev.deployer.service";
+pub const LABEL_REVISION: &str = "dev.deployer.revision";
+/// The spec hash (the revision's identity; the number above is for humans).
+pub const LABEL_SPEC: &str = "dev.deployer.spec";
+/// On images built for a project. A different key from [`LABEL_PROJECT`]: a container inherits
+/// its image's labels, so a container someone else starts from the image must not look like
+/// one of the project's.
+pub const LABEL_IMAGE_OF: &str = "dev.deployer.image-of";
 
 /// The deploy locks' bucket, one per account and region, shared by every project.
 pub fn lock_bucket(account: &str, region: &str) -> String {

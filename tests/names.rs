@@ -46,17 +46,19 @@ fn every_derived_name_is_pinned() {
         ),
         format!("insights log group: {}", insights_log_group(&n.cluster())),
     ]);
-    // Pinned before the data lake's names and the local labels moved into src/names.rs.
+    // Pinned before the data lake's names and the local labels moved into src/names.rs (the
+    // lines were first produced by config's bucket_name, lake::database_name and the
+    // constants of src/local/spec.rs).
     let lake =
         fixture("project: demo\ndata_lake:\n  create: true\nservices:\n  flow:\n    image: i\n");
     let at = deployer::lake::location(&lake, "123456789012", "eu-west-1").expect("a lake");
-    use deployer::local::spec::{
+    use deployer::names::{
         LABEL_IMAGE_OF, LABEL_PROJECT, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC,
     };
     lines.extend([
         format!("data lake bucket: {}", at.bucket),
-        format!("glue database: {}", deployer::lake::database_name("demo")),
-        format!("glue database of my-app: {}", deployer::lake::database_name("my-app")),
+        format!("glue database: {}", n.glue_database()),
+        format!("glue database of my-app: {}", deployer::names::Names::new("my-app").glue_database()),
         format!(
             "local labels: {LABEL_PROJECT} {LABEL_SERVICE} {LABEL_REVISION} {LABEL_SPEC} {LABEL_IMAGE_OF}"
         ),

@@ -14,17 +14,9 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Labels on everything the local target makes. Nothing without them is listed, touched or
-/// deleted.
-pub const LABEL_PROJECT: &str = "dev.deployer.project";
-pub const LABEL_SERVICE: &str = "dev.deployer.service";
-pub const LABEL_REVISION: &str = "dev.deployer.revision";
-/// The spec hash (the revision's identity; the number above is for humans).
-pub const LABEL_SPEC: &str = "dev.deployer.spec";
-/// On images built for a project. A different key from [`LABEL_PROJECT`]: a container inherits
-/// its image's labels, so a container someone else starts from the image must not look like
-/// one of the project's.
-pub const LABEL_IMAGE_OF: &str = "dev.deployer.image-of";
+/// The labels live in the naming layer (src/names.rs); the local target's modules use them
+/// from here.
+pub use crate::names::{LABEL_IMAGE_OF, LABEL_PROJECT, LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC};
 
 /// Environment variables the deployer adds to every container so the flow can tag its runs
 /// with its deployment (service, revision, image, instance). Not part of the revision hash:
