@@ -167,7 +167,8 @@ pub enum SinkKind {
 
 #[derive(Debug, Clone)]
 pub struct PrefectSettings {
-    pub api_url: String,
+    /// Parsed once here: an http(s) URL (the client appends encoded path segments to it).
+    pub api_url: reqwest::Url,
     pub api_key: Option<Secret>,
     pub flow_name: String,
     pub queue_capacity: usize,
@@ -298,7 +299,7 @@ impl Config {
                     }
                 }
                 Some(PrefectSettings {
-                    api_url: url.trim_end_matches('/').to_string(),
+                    api_url: parsed,
                     api_key: non_empty(args.prefect_api_key).map(Secret),
                     flow_name: args.flow_name,
                     queue_capacity: args.report_queue_capacity,

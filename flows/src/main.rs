@@ -13,6 +13,7 @@ mod runner;
 mod sink;
 mod source;
 mod transform;
+mod wire;
 
 use std::process::ExitCode;
 use std::time::Duration;

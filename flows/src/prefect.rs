@@ -4,12 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Secret;
 use crate::logs;
+use crate::wire;
 use backon::Retryable;
 
 /// The SQLite-backed server answers 503 in bursts under write load; ride them out (six
@@ -80,7 +83,8 @@ pub struct SetState {
 
 pub struct PrefectClient {
     http: reqwest::Client,
-    base: String,
+    /// The API root (`…/api`); paths are appended as encoded segments ([`Self::url`]).
+    base: Url,
     api_key: Option<Secret>,
     requests: AtomicU64,
     /// Moving average of answered requests' latency, microseconds (sizes the shutdown flush).
@@ -89,7 +93,7 @@ pub struct PrefectClient {
 
 impl PrefectClient {
     pub fn new(
-        base: &str,
+        base: &Url,
         api_key: Option<Secret>,
         timeout: Duration,
     ) -> Result<Self, crate::http::ClientError> {
@@ -98,7 +102,7 @@ impl PrefectClient {
         })?;
         Ok(PrefectClient {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base: base.clone(),
             api_key,
             requests: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
@@ -122,30 +126,47 @@ impl PrefectClient {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// One call with retries on 429/502/503 and transport errors (short jittered backoff).
-    async fn call(
+    /// The API root joined with `segments`, each percent-encoded as one path segment (a
+    /// name with `/` or spaces stays one segment); `""` last gives the trailing slash some
+    /// Prefect routes need.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// One call with retries on 429/502/503 and transport errors (short jittered backoff),
+    /// the body serialised from its wire type.
+    async fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), PrefectError> {
-        self.call_raw(method, path, body.map(Value::to_string))
-            .await
+        path: &[&str],
+        body: Option<&B>,
+    ) -> Result<(StatusCode, String), PrefectError> {
+        let body = body
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| PrefectError::Body(format!("{method} /{}: {e}", path.join("/"))))?;
+        self.call_raw(method, path, body).await
     }
 
     /// `call` with an already serialised JSON body (bulk items are kept as text: a JSON
-    /// tree costs several times its text in memory).
+    /// tree costs several times its text in memory). Success and 404 give the status and the
+    /// body's text; any other status is an error.
     async fn call_raw(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         body: Option<String>,
-    ) -> Result<(StatusCode, Value), PrefectError> {
-        let url = format!("{}{}", self.base, path);
+    ) -> Result<(StatusCode, String), PrefectError> {
+        let url = self.url(path);
+        let path = url.path().to_string();
         let send = || async {
             let mut req = self
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url.clone())
                 .header("X-PREFECT-API-VERSION", "0.8.4");
             if let Some(key) = &self.api_key {
                 req = req.bearer_auth(key.expose());
@@ -184,12 +205,7 @@ impl PrefectClient {
                 too_large => PrefectError::Body(format!("{method} {path}: {too_large}")),
             })?;
         if status.is_success() || status == StatusCode::NOT_FOUND {
-            let value = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::Null)
-            };
-            return Ok((status, value));
+            return Ok((status, text));
         }
         Err(PrefectError::Status {
             what: format!("{method} {path}"),
@@ -198,23 +214,25 @@ impl PrefectClient {
         })
     }
 
-    fn id_of(what: &str, v: &Value) -> Result<Uuid, PrefectError> {
-        v.get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| PrefectError::Body(what.into()))
+    /// The answer's body as its wire type.
+    fn read<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, PrefectError> {
+        serde_json::from_str(text).map_err(|_| PrefectError::Body(what.into()))
     }
 
     pub async fn ensure_flow(&self, name: &str) -> Result<Uuid, PrefectError> {
-        let (_, v) = self
-            .call(Method::POST, "/flows/", Some(&json!({ "name": name })))
-            .await?;
-        Self::id_of("POST /flows/", &v)
+        let body = wire::FlowCreate { name };
+        let (_, text) = self.call(Method::POST, &["flows", ""], Some(&body)).await?;
+        Ok(Self::read::<wire::Created>("POST /flows/", &text)?.id)
     }
 
-    pub async fn create_flow_run(&self, body: &Value) -> Result<Uuid, PrefectError> {
-        let (_, v) = self.call(Method::POST, "/flow_runs/", Some(body)).await?;
-        Self::id_of("POST /flow_runs/", &v)
+    pub async fn create_flow_run(
+        &self,
+        body: &wire::FlowRunCreate<'_>,
+    ) -> Result<Uuid, PrefectError> {
+        let (_, text) = self
+            .call(Method::POST, &["flow_runs", ""], Some(body))
+            .await?;
+        Ok(Self::read::<wire::Created>("POST /flow_runs/", &text)?.id)
     }
 
     pub async fn set_flow_run_state(
@@ -223,84 +241,89 @@ impl PrefectClient {
         state: &str,
         message: &str,
     ) -> Result<SetState, PrefectError> {
-        let body = json!({ "state": { "type": state, "message": message } });
-        let (_, v) = self
-            .call(
-                Method::POST,
-                &format!("/flow_runs/{id}/set_state"),
-                Some(&body),
-            )
+        let body = wire::SetStateRequest {
+            state: wire::StateCreate {
+                kind: state,
+                name: None,
+                message,
+            },
+        };
+        let id = id.to_string();
+        let (_, text) = self
+            .call(Method::POST, &["flow_runs", &id, "set_state"], Some(&body))
             .await?;
-        let status = v.get("status").and_then(Value::as_str).unwrap_or("");
+        // An unreadable answer is not an acceptance.
+        let answer: Option<wire::SetStateResponse> = serde_json::from_str(&text).ok();
         Ok(SetState {
-            accepted: status == "ACCEPT",
-            current_type: v
-                .pointer("/state/type")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            accepted: answer.as_ref().is_some_and(|a| a.status == "ACCEPT"),
+            current_type: answer.and_then(|a| a.state).and_then(|s| s.kind),
         })
     }
 
     /// The run's current state type, None when the run does not exist.
     pub async fn flow_run_state(&self, id: Uuid) -> Result<Option<String>, PrefectError> {
-        let (status, v) = self
-            .call(Method::GET, &format!("/flow_runs/{id}"), None)
+        let id = id.to_string();
+        let (status, text) = self
+            .call::<()>(Method::GET, &["flow_runs", &id], None)
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Ok(v.get("state_type")
-            .and_then(Value::as_str)
-            .map(str::to_string))
+        Ok(serde_json::from_str::<wire::FlowRunRead>(&text)
+            .ok()
+            .and_then(|r| r.state_type))
     }
 
     /// Task-run events: `body` is a JSON array already serialised.
     pub async fn post_events(&self, body: String) -> Result<(), PrefectError> {
-        self.call_raw(Method::POST, "/events", Some(body))
+        self.call_raw(Method::POST, &["events"], Some(body))
             .await
             .map(|_| ())
     }
 
     /// Log entries: `body` is a JSON array already serialised.
     pub async fn post_logs(&self, body: String) -> Result<(), PrefectError> {
-        self.call_raw(Method::POST, "/logs/", Some(body))
+        self.call_raw(Method::POST, &["logs", ""], Some(body))
             .await
             .map(|_| ())
     }
 
     /// Merge `labels` into a flow run's labels.
-    pub async fn patch_labels(&self, id: Uuid, labels: &Value) -> Result<(), PrefectError> {
-        self.call(
-            Method::PATCH,
-            &format!("/flow_runs/{id}/labels"),
-            Some(labels),
-        )
-        .await
-        .map(|_| ())
+    pub async fn patch_labels(&self, id: Uuid, labels: &wire::Labels) -> Result<(), PrefectError> {
+        let id = id.to_string();
+        self.call(Method::PATCH, &["flow_runs", &id, "labels"], Some(labels))
+            .await
+            .map(|_| ())
     }
 
     /// A Variable's value (any JSON), None when it does not exist.
     pub async fn variable(&self, name: &str) -> Result<Option<Value>, PrefectError> {
-        let (status, v) = self
-            .call(
-                Method::GET,
-                &format!("/variables/name/{}", encode(name)),
-                None,
-            )
+        let (status, text) = self
+            .call::<()>(Method::GET, &["variables", "name", name], None)
             .await?;
-        Ok((status != StatusCode::NOT_FOUND)
-            .then(|| v.get("value").cloned().unwrap_or(Value::Null)))
+        Ok((status != StatusCode::NOT_FOUND).then(|| {
+            serde_json::from_str::<wire::VariableValue>(&text)
+                .map(|v| v.value)
+                .unwrap_or(Value::Null)
+        }))
     }
 
     /// A String block's `value`, None when the block (or its type) does not exist.
     pub async fn string_block(&self, name: &str) -> Result<Option<Value>, PrefectError> {
-        let path = format!(
-            "/block_types/slug/string/block_documents/name/{}",
-            encode(name)
-        );
-        let (status, v) = self.call(Method::GET, &path, None).await?;
-        Ok((status != StatusCode::NOT_FOUND)
-            .then(|| v.pointer("/data/value").cloned().unwrap_or(Value::Null)))
+        let path = [
+            "block_types",
+            "slug",
+            "string",
+            "block_documents",
+            "name",
+            name,
+        ];
+        let (status, text) = self.call::<()>(Method::GET, &path, None).await?;
+        Ok((status != StatusCode::NOT_FOUND).then(|| {
+            serde_json::from_str::<wire::BlockDocument>(&text)
+                .map(|b| b.data.value)
+                .unwrap_or(Value::Null)
+        }))
     }
 }
 
@@ -318,9 +341,9 @@ pub struct OpenRun {
 impl PrefectClient {
     /// Create the one-slot limit unless it exists.
     pub async fn ensure_single_slot_limit(&self, name: &str) -> Result<(), PrefectError> {
-        let body = json!({ "name": name, "limit": 1 });
+        let body = wire::LimitCreate { name, limit: 1 };
         match self
-            .call(Method::POST, "/v2/concurrency_limits/", Some(&body))
+            .call(Method::POST, &["v2", "concurrency_limits", ""], Some(&body))
             .await
         {
             Ok(_) => Ok(()),
@@ -335,21 +358,15 @@ impl PrefectClient {
         limit: &str,
         ttl: Duration,
     ) -> Result<Option<Uuid>, PrefectError> {
-        let body = json!({ "names": [limit], "slots": 1, "lease_duration": ttl.as_secs_f64() });
-        match self
-            .call(
-                Method::POST,
-                "/v2/concurrency_limits/increment-with-lease",
-                Some(&body),
-            )
-            .await
-        {
-            Ok((_, v)) => v
-                .get("lease_id")
-                .and_then(Value::as_str)
-                .and_then(|s| Uuid::parse_str(s).ok())
-                .map(Some)
-                .ok_or_else(|| PrefectError::Body("increment-with-lease".into())),
+        let body = wire::LeaseIncrement {
+            names: [limit],
+            slots: 1,
+            lease_duration: ttl.as_secs_f64(),
+        };
+        let path = ["v2", "concurrency_limits", "increment-with-lease"];
+        match self.call(Method::POST, &path, Some(&body)).await {
+            Ok((_, text)) => Self::read::<wire::LeaseGranted>("increment-with-lease", &text)
+                .map(|g| Some(g.lease_id)),
             Err(PrefectError::Status { status: 423, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -357,15 +374,12 @@ impl PrefectClient {
 
     /// Extend a lease: false when the server no longer has it (expired and reclaimed).
     pub async fn renew_lease(&self, id: Uuid, ttl: Duration) -> Result<bool, PrefectError> {
-        let body = json!({ "lease_duration": ttl.as_secs_f64() });
-        match self
-            .call(
-                Method::POST,
-                &format!("/v2/concurrency_limits/leases/{id}/renew"),
-                Some(&body),
-            )
-            .await
-        {
+        let body = wire::LeaseRenew {
+            lease_duration: ttl.as_secs_f64(),
+        };
+        let id = id.to_string();
+        let path = ["v2", "concurrency_limits", "leases", &id, "renew"];
+        match self.call(Method::POST, &path, Some(&body)).await {
             Ok((status, _)) => Ok(status != StatusCode::NOT_FOUND),
             Err(PrefectError::Status { status: 410, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -373,86 +387,59 @@ impl PrefectClient {
     }
 
     pub async fn release_lease(&self, id: Uuid) -> Result<(), PrefectError> {
-        let body = json!({ "lease_id": id });
-        self.call(
-            Method::POST,
-            "/v2/concurrency_limits/decrement-with-lease",
-            Some(&body),
-        )
-        .await
-        .map(|_| ())
+        let body = wire::LeaseRelease { lease_id: id };
+        let path = ["v2", "concurrency_limits", "decrement-with-lease"];
+        self.call(Method::POST, &path, Some(&body))
+            .await
+            .map(|_| ())
     }
 
     /// Set a Variable (create it when absent).
     pub async fn put_variable(&self, name: &str, value: &Value) -> Result<(), PrefectError> {
+        let update = wire::VariableValue {
+            value: value.clone(),
+        };
         let (status, _) = self
-            .call(
-                Method::PATCH,
-                &format!("/variables/name/{}", encode(name)),
-                Some(&json!({ "value": value })),
-            )
+            .call(Method::PATCH, &["variables", "name", name], Some(&update))
             .await?;
         if status == StatusCode::NOT_FOUND {
-            self.call(
-                Method::POST,
-                "/variables/",
-                Some(&json!({ "name": name, "value": value })),
-            )
-            .await?;
+            let create = wire::VariableCreate { name, value };
+            self.call(Method::POST, &["variables", ""], Some(&create))
+                .await?;
         }
         Ok(())
     }
 
     /// Flow runs carrying `tag` that are still RUNNING or PENDING.
     pub async fn open_runs(&self, tag: &str) -> Result<Vec<OpenRun>, PrefectError> {
-        let body = json!({
-            "flow_runs": {
-                "tags": { "all_": [tag] },
-                "state": { "type": { "any_": ["RUNNING", "PENDING"] } }
+        let body = wire::FlowRunFilter {
+            flow_runs: wire::RunCriteria {
+                tags: wire::All { all_: &[tag] },
+                state: wire::StateCriteria {
+                    kind: wire::Any {
+                        any_: &["RUNNING", "PENDING"],
+                    },
+                },
             },
-            "limit": 200
-        });
-        let (_, v) = self
-            .call(Method::POST, "/flow_runs/filter", Some(&body))
+            limit: 200,
+        };
+        let (_, text) = self
+            .call(Method::POST, &["flow_runs", "filter"], Some(&body))
             .await?;
-        Ok(v.as_array()
-            .map(|runs| {
-                runs.iter()
-                    .filter_map(|r| {
-                        Some(OpenRun {
-                            id: Uuid::parse_str(r.get("id")?.as_str()?).ok()?,
-                            instance: r
-                                .get("tags")
-                                .and_then(Value::as_array)
-                                .and_then(|t| {
-                                    t.iter()
-                                        .filter_map(Value::as_str)
-                                        .find_map(|t| t.strip_prefix("instance:"))
-                                })
-                                .map(str::to_string),
-                            start: r
-                                .get("start_time")
-                                .and_then(Value::as_str)
-                                .map(str::to_string),
-                        })
-                    })
-                    .collect()
+        let runs: Vec<wire::FlowRunRead> = serde_json::from_str(&text).unwrap_or_default();
+        Ok(runs
+            .into_iter()
+            .map(|r| OpenRun {
+                id: r.id,
+                instance: r
+                    .tags
+                    .iter()
+                    .find_map(|t| t.strip_prefix("instance:"))
+                    .map(str::to_string),
+                start: r.start_time,
             })
-            .unwrap_or_default())
+            .collect())
     }
-}
-
-/// Percent-encodes a path segment.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -460,8 +447,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_path_encoded() {
-        assert_eq!(encode("a b/c"), "a%20b%2Fc");
-        assert_eq!(encode("btc_price-1"), "btc_price-1");
+    fn names_are_one_encoded_path_segment() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = Url::parse("http://127.0.0.1:4200/api/").expect("url");
+        let c = PrefectClient::new(&base, None, Duration::from_secs(1)).expect("client");
+        assert_eq!(
+            c.url(&["variables", "name", "a b/c"]).as_str(),
+            "http://127.0.0.1:4200/api/variables/name/a%20b%2Fc"
+        );
+        assert_eq!(
+            c.url(&["variables", "name", "btc_price-1"]).as_str(),
+            "http://127.0.0.1:4200/api/variables/name/btc_price-1"
+        );
+        assert_eq!(
+            c.url(&["flows", ""]).as_str(),
+            "http://127.0.0.1:4200/api/flows/"
+        );
     }
 }

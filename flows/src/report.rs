@@ -32,6 +32,7 @@ use crate::config::PrefectSettings;
 use crate::logs::{self, Level};
 use crate::prefect::{PrefectClient, PrefectError, RunState};
 use crate::source::backoff;
+use crate::wire;
 
 const TASK_KEY_PREFIX: &str = "price_stream";
 /// Task-run events and logs wait at most this long before they are sent.
@@ -736,26 +737,33 @@ impl Worker {
                 }
             }
             let (run_id, iteration) = (p.run_id, p.iteration);
-            let mut parameters =
-                json!({ "run_id": run_id, "iteration": iteration, "deployment": self.deployment });
-            if let Some(r) = p.replay_of {
-                parameters["replay_of"] = json!(r);
-            }
-            let mut labels = json!({ "observed.start": logs::timestamp(p.started) });
-            if let Some(f) = &p.finished {
-                labels["observed.end"] = json!(logs::timestamp(f.ended));
-            }
-            let body = json!({
-                "flow_id": self.flow_id,
-                "name": format!("{}-{iteration}-{}", self.flow_name, &run_id.simple().to_string()[..8]),
-                "parameters": parameters,
-                "tags": self.tags,
-                "labels": labels,
-                // Our run id: a retried create returns the same flow run instead of a second one.
-                "idempotency_key": run_id.to_string(),
-                "state": { "type": "RUNNING", "name": "Running",
-                           "message": format!("started {}", logs::timestamp(p.started)) },
-            });
+            let Some(flow_id) = self.flow_id else { break };
+            let started = format!("started {}", logs::timestamp(p.started));
+            let body = wire::FlowRunCreate {
+                flow_id,
+                name: format!(
+                    "{}-{iteration}-{}",
+                    self.flow_name,
+                    &run_id.simple().to_string()[..8]
+                ),
+                parameters: wire::RunParameters {
+                    run_id,
+                    iteration,
+                    deployment: &self.deployment,
+                    replay_of: p.replay_of,
+                },
+                tags: &self.tags,
+                labels: wire::Labels {
+                    start: Some(logs::timestamp(p.started)),
+                    end: p.finished.as_ref().map(|f| logs::timestamp(f.ended)),
+                },
+                idempotency_key: run_id.to_string(),
+                state: wire::StateCreate {
+                    kind: "RUNNING",
+                    name: Some("Running"),
+                    message: &started,
+                },
+            };
             match self.client.create_flow_run(&body).await {
                 Ok(fr) => {
                     self.mark(Ok(()));
@@ -822,7 +830,10 @@ impl Worker {
             .to_std()
             .is_ok_and(|lag| lag > LATE);
         if !fin.labelled && late {
-            let labels = json!({ "observed.end": logs::timestamp(fin.ended) });
+            let labels = wire::Labels {
+                start: None,
+                end: Some(logs::timestamp(fin.ended)),
+            };
             match self.client.patch_labels(fr, &labels).await {
                 Ok(()) => {
                     self.mark(Ok(()));
@@ -905,15 +916,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// One log entry for `/logs/`, with the time the flow observed.
 fn log_text(l: &LogRecord, flow_run_id: Uuid) -> String {
-    json!({
-        "name": "price_stream",
-        "level": l.level as u8,
-        "message": l.message,
-        "timestamp": logs::timestamp(l.at),
-        "flow_run_id": flow_run_id,
-        "task_run_id": l.task_run_id,
-    })
-    .to_string()
+    let entry = wire::LogCreate {
+        name: "price_stream",
+        level: l.level as u8,
+        message: &l.message,
+        timestamp: logs::timestamp(l.at),
+        flow_run_id,
+        task_run_id: l.task_run_id,
+    };
+    // Plain structs and strings: serialising cannot fail.
+    serde_json::to_string(&entry).unwrap_or_default()
 }
 
 /// A task run's two events, comma-joined (one bulk item).
