@@ -979,15 +979,7 @@ pub async fn service_refs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(extra: &str) -> Config {
-        crate::config::parse(
-            &format!("project: demo\nservices:\n  web:\n    image: repo@sha256:1\n{extra}"),
-            Path::new("t.yaml"),
-            &[],
-        )
-        .unwrap()
-    }
+    use crate::stacks::specs::tests::config;
 
     #[test]
     fn cpu_change_shows_in_task_definition_diff() {

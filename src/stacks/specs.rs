@@ -151,11 +151,12 @@ pub fn service_spec(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn config(extra: &str) -> Config {
+    /// A one-service fixture config (`extra` appended), shared with src/deploy.rs's tests.
+    pub(crate) fn config(extra: &str) -> Config {
         crate::config::parse(
             &format!("project: demo\nservices:\n  web:\n    image: repo@sha256:1\n{extra}"),
             Path::new("t.yaml"),
