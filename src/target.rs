@@ -1,7 +1,8 @@
 //! The target boundary: where a project's services run. The pipeline (config -> image ->
 //! render -> plan -> apply -> track -> summary) is the same; the platform behind it is either
 //! AWS (src/deploy.rs, src/stacks/, src/rollout/) or the local Docker engine (src/local/).
-//! src/commands/mod.rs picks the backend (`Platform`) once per command from `--target` / `DEPLOYER_TARGET` / `target:`.
+//! src/commands/mod.rs picks the backend (`Platform`) once per command from `--target` /
+//! `DEPLOYER_TARGET` / `target:`.
 //!
 //! One project lives on one target at a time: `up` records the target that has the project in
 //! `<config dir>/.deployer/targets/<project>`, every command refuses (exit 2) to act on the
