@@ -17,7 +17,7 @@ mod status;
 pub use envelope::Failed;
 
 use crate::aws::{Clients, Target};
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{Cli, Command, Global, Overrides};
 use crate::config::{self, Loaded, TargetKind};
 use crate::error::{ExitCode, Result};
 use crate::local::Local;
@@ -89,13 +89,12 @@ impl Context<'_> {
 /// Run the command line's command.
 pub async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
     let g = &cli.global;
-    let Some(overrides) = cli.command.overrides() else {
-        // `init` writes the config: there is none to load yet.
-        return match &cli.command {
-            Command::Init(init) => init.run(&g.config, ui),
-            _ => unreachable!("only init has no overrides"),
-        };
-    };
+    // `init` writes the config: there is none to load yet.
+    if let Command::Init(init) = &cli.command {
+        return init.run(&g.config, ui);
+    }
+    let none = Overrides::default();
+    let overrides = cli.command.overrides().unwrap_or(&none);
     let loaded = config::load(&g.config, &overrides.as_set())?;
     let target = crate::target::resolve(g.target, &loaded);
     crate::target::guard(&loaded, target)?;
@@ -125,7 +124,7 @@ pub async fn run(cli: &Cli, ui: &Ui) -> Result<ExitCode> {
 
 async fn dispatch(command: &Command, cx: &Context<'_>) -> Result<ExitCode> {
     match command {
-        Command::Init(_) => unreachable!("init runs before a config is loaded"),
+        Command::Init(c) => c.run(&cx.global.config, cx.ui),
         Command::Plan(c) => c.run(cx).await,
         Command::Up(c) => Box::pin(c.run(cx)).await,
         Command::Redeploy(c) => Box::pin(c.run(cx)).await,
