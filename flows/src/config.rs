@@ -279,8 +279,9 @@ impl Config {
         let prefect = match non_empty(args.prefect_api_url) {
             None => None,
             Some(url) => {
-                let parsed =
-                    reqwest::Url::parse(&url).map_err(|e| ConfigError::Prefect(e.to_string()))?;
+                // Trailing slashes go: the client appends its paths as segments.
+                let parsed = reqwest::Url::parse(url.trim_end_matches('/'))
+                    .map_err(|e| ConfigError::Prefect(e.to_string()))?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(ConfigError::Prefect(format!(
                         "unsupported scheme `{}`",

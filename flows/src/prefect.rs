@@ -137,6 +137,13 @@ impl PrefectClient {
         url
     }
 
+    /// A request's name in messages: its path below the API root (a Cloud root names the
+    /// account and workspace, so it is never printed).
+    fn named(&self, url: &Url) -> String {
+        let root = self.base.path().trim_end_matches('/');
+        url.path().strip_prefix(root).unwrap_or("").to_string()
+    }
+
     /// One call with retries on 429/502/503 and transport errors (short jittered backoff),
     /// the body serialised from its wire type.
     async fn call<B: Serialize + ?Sized>(
@@ -162,7 +169,7 @@ impl PrefectClient {
         body: Option<String>,
     ) -> Result<(StatusCode, String), PrefectError> {
         let url = self.url(path);
-        let path = url.path().to_string();
+        let path = self.named(&url);
         let send = || async {
             let mut req = self
                 .http
@@ -255,7 +262,9 @@ impl PrefectClient {
         // An unreadable answer is not an acceptance.
         let answer: Option<wire::SetStateResponse> = serde_json::from_str(&text).ok();
         Ok(SetState {
-            accepted: answer.as_ref().is_some_and(|a| a.status == "ACCEPT"),
+            accepted: answer
+                .as_ref()
+                .is_some_and(|a| a.status.as_deref() == Some("ACCEPT")),
             current_type: answer.and_then(|a| a.state).and_then(|s| s.kind),
         })
     }
@@ -269,7 +278,7 @@ impl PrefectClient {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Ok(serde_json::from_str::<wire::FlowRunRead>(&text)
+        Ok(serde_json::from_str::<wire::FlowRunState>(&text)
             .ok()
             .and_then(|r| r.state_type))
     }
@@ -426,13 +435,16 @@ impl PrefectClient {
         let (_, text) = self
             .call(Method::POST, &["flow_runs", "filter"], Some(&body))
             .await?;
-        let runs: Vec<wire::FlowRunRead> = serde_json::from_str(&text).unwrap_or_default();
+        // Run by run: one odd entry must not hide the others from crash reconciliation.
+        let runs: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
         Ok(runs
             .into_iter()
+            .filter_map(|r| serde_json::from_value::<wire::FlowRunRead>(r).ok())
             .map(|r| OpenRun {
                 id: r.id,
                 instance: r
                     .tags
+                    .unwrap_or_default()
                     .iter()
                     .find_map(|t| t.strip_prefix("instance:"))
                     .map(str::to_string),
@@ -463,5 +475,11 @@ mod tests {
             c.url(&["flows", ""]).as_str(),
             "http://127.0.0.1:4200/api/flows/"
         );
+        let cloud =
+            Url::parse("https://api.prefect.cloud/api/accounts/a1/workspaces/w1").expect("url");
+        let c = PrefectClient::new(&cloud, None, Duration::from_secs(1)).expect("client");
+        let logs = c.url(&["logs", ""]);
+        assert_eq!(logs.path(), "/api/accounts/a1/workspaces/w1/logs/");
+        assert_eq!(c.named(&logs), "/logs/", "messages never name the account");
     }
 }

@@ -70,8 +70,7 @@ pub struct Created {
 /// The orchestration answer to `set_state`: ACCEPT, or REJECT/ABORT/WAIT with the current state.
 #[derive(Deserialize)]
 pub struct SetStateResponse {
-    #[serde(default)]
-    pub status: String,
+    pub status: Option<String>,
     pub state: Option<StateRead>,
 }
 
@@ -81,13 +80,17 @@ pub struct StateRead {
     pub kind: Option<String>,
 }
 
-/// `GET /flow_runs/{id}`, and each run of `POST /flow_runs/filter`.
+/// `GET /flow_runs/{id}`: only its state type is read.
+#[derive(Deserialize)]
+pub struct FlowRunState {
+    pub state_type: Option<String>,
+}
+
+/// Each run of `POST /flow_runs/filter`.
 #[derive(Deserialize)]
 pub struct FlowRunRead {
     pub id: Uuid,
-    pub state_type: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Option<Vec<String>>,
     pub start_time: Option<String>,
 }
 
