@@ -52,8 +52,8 @@ fn main() {
 }
 
 /// Run the command; after an interrupt give it `interrupt::SETTLE` to fail on a refused call
-/// or start its undo, and an undo up to `interrupt::grace()`; then stop it (a hung call must not
-/// hold the exit).
+/// or start its undo (and again once an undo is over, to report it), and an undo up to
+/// `interrupt::grace()`; then stop it (a hung call must not hold the exit).
 async fn interrupt_bounded(
     run: impl std::future::Future<Output = Result<ExitCode>>,
 ) -> Result<ExitCode> {
@@ -63,7 +63,8 @@ async fn interrupt_bounded(
         _ = interrupt::cancelled() => {}
     }
     let cancelled_at = tokio::time::Instant::now();
-    let settle = cancelled_at + interrupt::SETTLE;
+    let mut settle = cancelled_at + interrupt::SETTLE;
+    let mut grace = interrupt::grace();
     loop {
         let tick = tokio::time::sleep(std::time::Duration::from_millis(50));
         tokio::select! {
@@ -71,7 +72,14 @@ async fn interrupt_bounded(
             _ = tick => {}
         }
         let now = tokio::time::Instant::now();
-        if now >= cancelled_at + interrupt::grace() || (now >= settle && !interrupt::undoing()) {
+        // What follows an undo (saying what exists now, writing the summaries) is the end of
+        // that undo: it gets a settle of its own once the undo is over, within the grace the
+        // undo had (the longer one, once a self-undoing step ran).
+        grace = grace.max(interrupt::grace());
+        if interrupt::undoing() {
+            settle = now + interrupt::SETTLE;
+        }
+        if now >= cancelled_at + grace || (now >= settle && !interrupt::undoing()) {
             return Err(Error::interrupted(
                 "interrupted: stopped the step in progress (a read, or an undo that ran out of time)",
             )

@@ -40,20 +40,14 @@ async fn on_local(
     let report = match local.up(&args.image, &args.out_dir, mode).await {
         Ok(r) => r,
         Err(e) => {
-            // Saying what exists now ends the roll's own undo: main waits for it as for the
-            // undo (src/interrupt.rs), instead of cutting off this engine call at the first
-            // tick after an interrupted roll returned.
-            let report = crate::interrupt::self_undoing(async {
-                let failed = FailedDeploy {
-                    command: mode.command(),
-                    project: &cx.loaded.config.project,
-                    target: "local",
-                    exists: local.exists_now().await,
-                    out_dir: &args.out_dir,
-                };
-                failed.report(e, cx.ui)
-            });
-            return Err(report.await);
+            let failed = FailedDeploy {
+                command: mode.command(),
+                project: &cx.loaded.config.project,
+                target: "local",
+                exists: local.exists_now().await,
+                out_dir: &args.out_dir,
+            };
+            return Err(failed.report(e, cx.ui));
         }
     };
     let md = summary::local_up_markdown(&report);
