@@ -152,15 +152,6 @@ async fn clients(global: &Global, loaded: &Loaded) -> Result<Clients> {
     .await
 }
 
-/// `plan --exit-code`: 2 when something would change.
-fn changes_exit(exit_code: bool, changes: bool) -> ExitCode {
-    if exit_code && changes {
-        ExitCode::BadInput
-    } else {
-        ExitCode::Success
-    }
-}
-
 /// A command's result object for `--json` (see [`Done`]).
 fn done<T: serde::Serialize>(report: &T) -> Done<'_, T> {
     Done::new(report)

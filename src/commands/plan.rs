@@ -1,6 +1,6 @@
 //! `plan`: what `up` would create or change, per stack (AWS) or per container (local).
 
-use super::{Context, Platform, changes_exit, done};
+use super::{Context, Platform, done};
 use crate::cli::Plan;
 use crate::error::{ExitCode, Result};
 use crate::summary;
@@ -22,6 +22,11 @@ impl Plan {
                 report.changes
             }
         };
-        Ok(changes_exit(self.exit_code, changes))
+        // `--exit-code`: 2 when something would change.
+        Ok(if self.exit_code && changes {
+            ExitCode::BadInput
+        } else {
+            ExitCode::Success
+        })
     }
 }
